@@ -1,0 +1,1 @@
+//! The LogCluster Kubernetes operator.

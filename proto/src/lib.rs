@@ -1,0 +1,16 @@
+//! LogCluster's gRPC API: the generated `log.v1` (client API, wire-compatible with proglog),
+//! `admin.v1` (membership and leadership) code.
+#![forbid(unsafe_code)]
+
+/// The client API, package `log.v1`.
+pub mod log_v1 {
+    tonic::include_proto!("log.v1");
+}
+
+/// The admin API, package `admin.v1`.
+pub mod admin_v1 {
+    tonic::include_proto!("admin.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every service, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("logcluster_descriptor");

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs on a fresh Debian 12 machine. Idempotent and quick when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "setup: installing apt packages: ${need_apt[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: missing ${need_apt[*]} and not root; tests that need them will fail" >&2
+  fi
+fi

@@ -1,0 +1,1 @@
+//! Harnesses for LogCluster integration and end-to-end tests.
