@@ -1,1 +1,3 @@
 //! The LogCluster node.
+pub mod error;
+pub mod log;

@@ -1,0 +1,378 @@
+//! A segment: a `.store` file and its `.index`, holding the entries `base..end`.
+//!
+//! Files are named by the base offset zero-padded to 20 digits: `00000000000000001234.store`
+//! and `00000000000000001234.index`. Only the last segment of a log is *active* (appendable);
+//! the others are *sealed*: their store is complete and synced, their index trimmed and synced.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, Result};
+use super::frame::FrameHeader;
+use super::index::{ENTRY_WIDTH, SegmentIndex};
+use super::store::{ScanEnd, Store};
+
+/// File extension of store files.
+pub const STORE_EXT: &str = "store";
+/// File extension of index files.
+pub const INDEX_EXT: &str = "index";
+
+/// The `.store` and `.index` paths of the segment starting at `base`.
+pub fn segment_paths(dir: &Path, base: u64) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{base:020}.{STORE_EXT}")),
+        dir.join(format!("{base:020}.{INDEX_EXT}")),
+    )
+}
+
+/// Parses a segment file name into its base offset and extension.
+pub fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if ext != STORE_EXT && ext != INDEX_EXT {
+        return None;
+    }
+    Some((stem.parse().ok()?, ext))
+}
+
+/// How a recovered segment ended: what was cut off, if anything.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// Bytes removed from the end of the store (a torn or corrupt tail).
+    pub(crate) truncated_bytes: u64,
+    /// Why the tail was cut.
+    pub(crate) reason: Option<String>,
+}
+
+/// One segment of the log.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base: u64,
+    pub(crate) store: Store,
+    pub(crate) index: SegmentIndex,
+    /// Header of the last entry, if any (its term is the log's last term).
+    last: Option<FrameHeader>,
+}
+
+impl Segment {
+    /// Creates an empty active segment at `base` (fails if its store file exists).
+    /// The caller syncs the directory.
+    pub(crate) fn create(dir: &Path, base: u64, max_index_bytes: u64) -> Result<Segment> {
+        let (store_path, index_path) = segment_paths(dir, base);
+        // Store first: an index without a store is treated as a leftover of a deletion.
+        let store = Store::create(&store_path)?;
+        let (file, _) = SegmentIndex::open_file(&index_path)?;
+        let index = SegmentIndex::activate(&index_path, file, max_index_bytes, 0)?;
+        Ok(Segment {
+            base,
+            store,
+            index,
+            last: None,
+        })
+    }
+
+    /// Opens the last segment of a log by scanning its whole store: the store is cut at the
+    /// first torn or invalid frame and the index rebuilt from the valid frames.
+    pub(crate) fn recover_active(
+        dir: &Path,
+        base: u64,
+        max_index_bytes: u64,
+        sync: bool,
+    ) -> Result<(Segment, Recovery)> {
+        let (store_path, index_path) = segment_paths(dir, base);
+        let (mut store, file_len) = Store::open(&store_path)?;
+        let mut positions = Vec::new();
+        let end = Store::scan(store.shared(), 0, file_len, base, |pos, _| {
+            positions.push(pos);
+            Ok(())
+        })?;
+        let mut recovery = Recovery::default();
+        if end.valid_len < file_len {
+            recovery.truncated_bytes = file_len - end.valid_len;
+            recovery.reason = end.stopped.clone();
+            store.truncate(end.valid_len)?;
+            if sync {
+                store.shared().sync_data()?;
+            }
+        }
+        store.set_size(end.valid_len);
+        let (file, _) = SegmentIndex::open_file(&index_path)?;
+        let mut index = SegmentIndex::activate(&index_path, file, max_index_bytes, 0)?;
+        for (i, &pos) in positions.iter().enumerate() {
+            let Ok(rel) = u32::try_from(i) else {
+                return Err(Error::corrupt(
+                    &store_path,
+                    pos,
+                    "segment holds more entries than an index can address",
+                ));
+            };
+            index.push(rel, pos);
+        }
+        Ok((
+            Segment {
+                base,
+                store,
+                index,
+                last: end.last,
+            },
+            recovery,
+        ))
+    }
+
+    /// Opens a segment whose index is trusted after a cheap consistency check (first and last
+    /// entries, last frame ending exactly at the end of the store). `active` maps the index for
+    /// appending (the last segment after a clean shutdown); otherwise it is opened sealed.
+    ///
+    /// A sealed segment whose index fails the check is scanned in full: an intact store gets a
+    /// rebuilt index (the index is only a cache); a store with an invalid frame is `Corrupt`,
+    /// reported with the store's path and the frame's position.
+    pub(crate) fn open_checked(
+        dir: &Path,
+        base: u64,
+        max_index_bytes: u64,
+        active: bool,
+        sync: bool,
+    ) -> Result<Segment> {
+        let (store_path, index_path) = segment_paths(dir, base);
+        let (mut store, store_len) = Store::open(&store_path)?;
+        let (index_file, index_len) = SegmentIndex::open_file(&index_path)?;
+        if let Ok(last) = check_index(&store, store_len, &index_file, index_len, base) {
+            store.set_size(store_len);
+            let count = index_len / ENTRY_WIDTH;
+            let index = if active {
+                SegmentIndex::activate(&index_path, index_file, max_index_bytes, count)?
+            } else {
+                SegmentIndex::sealed(&index_path, index_file, count)?
+            };
+            return Ok(Segment {
+                base,
+                store,
+                index,
+                last: Some(last),
+            });
+        }
+        if active {
+            drop((store, index_file));
+            let (segment, recovery) = Segment::recover_active(dir, base, max_index_bytes, sync)?;
+            if recovery.truncated_bytes > 0 {
+                tracing::warn!(
+                    path = %store_path.display(),
+                    bytes = recovery.truncated_bytes,
+                    reason = recovery.reason.as_deref().unwrap_or(""),
+                    "clean-shutdown marker present but the last segment was inconsistent; cut its tail"
+                );
+            }
+            return Ok(segment);
+        }
+        let mut entries = Vec::new();
+        let end: ScanEnd = Store::scan(store.shared(), 0, store_len, base, |pos, _| {
+            let rel = u32::try_from(entries.len()).map_err(|_| {
+                Error::corrupt(
+                    &store_path,
+                    pos,
+                    "segment holds more entries than an index can address",
+                )
+            })?;
+            entries.push((rel, pos));
+            Ok(())
+        })?;
+        if let Some(reason) = end.stopped {
+            return Err(Error::corrupt(&store_path, end.valid_len, reason));
+        }
+        if end.frames == 0 {
+            return Err(Error::corrupt(
+                &store_path,
+                0,
+                "sealed segment holds no entries",
+            ));
+        }
+        tracing::warn!(path = %index_path.display(), entries = end.frames, "sealed index was inconsistent with its intact store; rebuilt it");
+        store.set_size(store_len);
+        let index = SegmentIndex::rewrite_sealed(&index_path, index_file, &entries, sync)?;
+        Ok(Segment {
+            base,
+            store,
+            index,
+            last: end.last,
+        })
+    }
+
+    /// First offset held (or that the first append will get).
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// One past the last offset held.
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.index.len()
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.index.len()
+    }
+
+    pub(crate) fn last(&self) -> Option<FrameHeader> {
+        self.last
+    }
+
+    pub(crate) fn set_last(&mut self, last: Option<FrameHeader>) {
+        self.last = last;
+    }
+
+    /// Whether one more frame of `frame_len` bytes fits within the limits. An empty segment
+    /// always takes one entry, however large, so that any accepted record can be stored.
+    pub(crate) fn fits(
+        &self,
+        used_bytes: u64,
+        used_entries: u64,
+        frame_len: u64,
+        max_store_bytes: u64,
+    ) -> bool {
+        if used_entries >= self.index.capacity() {
+            return false;
+        }
+        used_entries == 0 || used_bytes + frame_len <= max_store_bytes
+    }
+
+    /// Store position of relative entry `rel`; `rel == len()` gives the end of the store.
+    pub(crate) fn position(&self, rel: u64) -> Result<u64> {
+        if rel == self.index.len() {
+            return Ok(self.store.size());
+        }
+        match self.index.entry(rel) {
+            Some((stored_rel, pos)) if u64::from(stored_rel) == rel && pos <= self.store.size() => {
+                Ok(pos)
+            }
+            Some((stored_rel, pos)) => Err(Error::corrupt(
+                self.index.path(),
+                rel * ENTRY_WIDTH,
+                format!(
+                    "index entry {rel} holds relative offset {stored_rel} and position {pos} \
+                     (store size {})",
+                    self.store.size()
+                ),
+            )),
+            None => Err(Error::corrupt(
+                self.index.path(),
+                rel * ENTRY_WIDTH,
+                format!("index entry {rel} is missing"),
+            )),
+        }
+    }
+
+    /// Store position and frame length of `offset`, which the caller checked is in
+    /// `base..end`.
+    pub(crate) fn locate(&self, offset: u64) -> Result<(u64, u64)> {
+        let rel = offset - self.base;
+        let pos = self.position(rel)?;
+        let next = self.position(rel + 1)?;
+        if next <= pos {
+            return Err(Error::corrupt(
+                self.index.path(),
+                (rel + 1) * ENTRY_WIDTH,
+                format!("index positions do not increase: entry {rel} at {pos}, next at {next}"),
+            ));
+        }
+        Ok((pos, next - pos))
+    }
+
+    /// The entries `from..from + n` to read in one go: `n` is at most `max_entries`, at least 1,
+    /// and as large as possible while the frames take at most `max_bytes` (more only for the
+    /// single first frame). Returns `(start position, end position, n)`.
+    pub(crate) fn span(
+        &self,
+        from: u64,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Result<(u64, u64, u64)> {
+        let rel = from - self.base;
+        let start = self.position(rel)?;
+        // Binary search for the largest end entry within the byte budget; positions increase
+        // in a valid index (a damaged one is caught when the frames are checked).
+        let mut lo = rel + 1;
+        let mut hi = (rel + max_entries.max(1)).min(self.index.len());
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if self.position(mid)?.saturating_sub(start) <= max_bytes {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let end = self.position(lo)?;
+        if end <= start {
+            return Err(Error::corrupt(
+                self.index.path(),
+                lo * ENTRY_WIDTH,
+                format!("index positions do not increase after entry {rel}"),
+            ));
+        }
+        Ok((start, end, lo - rel))
+    }
+
+    /// Deletes the segment's files: index first, so that a crash in between leaves a store
+    /// without index (rebuilt on open) rather than an index without data.
+    pub(crate) fn delete_files(dir: &Path, base: u64) -> Result<()> {
+        let (store_path, index_path) = segment_paths(dir, base);
+        for path in [index_path, store_path] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", &path, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cheap consistency check of an index against its store; returns the last frame's header.
+fn check_index(
+    store: &Store,
+    store_len: u64,
+    index_file: &File,
+    index_len: u64,
+    base: u64,
+) -> std::result::Result<FrameHeader, String> {
+    let count = index_len / ENTRY_WIDTH;
+    if count == 0 || !index_len.is_multiple_of(ENTRY_WIDTH) {
+        return Err(format!(
+            "index size {index_len} is not a positive multiple of {ENTRY_WIDTH}"
+        ));
+    }
+    if SegmentIndex::read_raw(index_file, index_len, 0) != Some((0, 0)) {
+        return Err("first index entry is not (0, 0)".into());
+    }
+    let Some((rel, pos)) = SegmentIndex::read_raw(index_file, index_len, count - 1) else {
+        return Err("last index entry unreadable".into());
+    };
+    if u64::from(rel) != count - 1 || pos >= store_len {
+        return Err(format!(
+            "last index entry ({rel}, {pos}) does not fit {count} entries"
+        ));
+    }
+    let (header, _) = Store::read_frame(store.shared(), pos, store_len - pos, base + count - 1)
+        .map_err(|e| e.to_string())?;
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_the_base_offset_padded_to_20_digits() {
+        let (store, index) = segment_paths(Path::new("/d"), 1234);
+        assert_eq!(store, Path::new("/d/00000000000000001234.store"));
+        assert_eq!(index, Path::new("/d/00000000000000001234.index"));
+        assert_eq!(
+            parse_segment_file_name("18446744073709551615.index"),
+            Some((u64::MAX, "index"))
+        );
+        assert_eq!(parse_segment_file_name("0000000000000000123.store"), None);
+        assert_eq!(parse_segment_file_name("00000000000000001234.tmp"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000123x.store"), None);
+        assert_eq!(parse_segment_file_name("LOCK"), None);
+    }
+}
