@@ -1,3 +1,4 @@
 //! The LogCluster node.
+pub mod auth;
 pub mod error;
 pub mod log;
