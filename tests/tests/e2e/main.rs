@@ -1,0 +1,7 @@
+//! LogCluster's integration tests: one test binary (STYLE.md), one module per area.
+//!
+//! Kubernetes tests share one control plane per run of this binary (`k8s::shared()`), each in
+//! its own namespace (`create_namespace`). Run only them with
+//! `cargo test -p logcluster-tests --test e2e k8s_`.
+
+mod k8s_harness;
