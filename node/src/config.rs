@@ -34,7 +34,11 @@ pub struct NodeArgs {
     pub node_id: Option<u64>,
 
     /// Directory holding the commit log segments and the Raft vote store.
-    #[arg(long, env = "LOGCLUSTER_DATA_DIR", default_value = "/var/lib/logcluster")]
+    #[arg(
+        long,
+        env = "LOGCLUSTER_DATA_DIR",
+        default_value = "/var/lib/logcluster"
+    )]
     pub data_dir: PathBuf,
 
     /// Address the gRPC server (client, peer and admin APIs; mutual TLS) listens on.
@@ -47,7 +51,11 @@ pub struct NodeArgs {
     pub advertise_addr: Option<String>,
 
     /// UDP address the gossip (membership discovery) endpoint listens on.
-    #[arg(long, env = "LOGCLUSTER_GOSSIP_LISTEN_ADDR", default_value = "0.0.0.0:8401")]
+    #[arg(
+        long,
+        env = "LOGCLUSTER_GOSSIP_LISTEN_ADDR",
+        default_value = "0.0.0.0:8401"
+    )]
     pub gossip_listen_addr: SocketAddr,
 
     /// host:port other nodes send gossip to [default: <advertise host>:<gossip listen port>].
@@ -70,7 +78,11 @@ pub struct NodeArgs {
     pub insecure_gossip_without_key: bool,
 
     /// Plaintext HTTP address for /livez, /readyz and /metrics (no data, no writes).
-    #[arg(long, env = "LOGCLUSTER_HTTP_LISTEN_ADDR", default_value = "0.0.0.0:8402")]
+    #[arg(
+        long,
+        env = "LOGCLUSTER_HTTP_LISTEN_ADDR",
+        default_value = "0.0.0.0:8402"
+    )]
     pub http_listen_addr: SocketAddr,
 
     /// PEM file with the CA that signs every node and client certificate.
@@ -180,12 +192,17 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not a YAML mapping of option names to values: {reason}")]
     ParseFile { path: PathBuf, reason: String },
-    #[error("config file {path}: unknown option `{key}` (options are the long flag names of `lognode --help`)")]
+    #[error(
+        "config file {path}: unknown option `{key}` (options are the long flag names of `lognode --help`)"
+    )]
     UnknownKey { path: PathBuf, key: String },
     #[error("no --node-id given and the host name `{hostname}` does not end in -<ordinal>")]
     NoNodeId { hostname: String },
     #[error("invalid value for {option}: {reason}")]
-    Invalid { option: &'static str, reason: String },
+    Invalid {
+        option: &'static str,
+        reason: String,
+    },
 }
 
 /// Parses sizes such as `4096`, `64KiB`, `10MiB`, `1GiB`, `1GB` (powers of 1000), `2TiB`.
@@ -208,7 +225,11 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
     };
     number
         .checked_mul(multiplier)
@@ -259,7 +280,8 @@ fn parse_config_file(
         path: path.to_owned(),
         reason,
     };
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
     let mapping = match value {
         serde_yaml::Value::Mapping(mapping) => mapping,
         serde_yaml::Value::Null => return Ok(BTreeMap::new()),
@@ -282,7 +304,9 @@ fn parse_config_file(
                 serde_yaml::Value::String(s) => Ok(s),
                 serde_yaml::Value::Number(n) => Ok(n.to_string()),
                 serde_yaml::Value::Bool(b) => Ok(b.to_string()),
-                other => Err(parse_error(format!("value of `{key}` is not a scalar: {other:?}"))),
+                other => Err(parse_error(format!(
+                    "value of `{key}` is not a scalar: {other:?}"
+                ))),
             }
         };
         let text = match value {
@@ -317,7 +341,10 @@ mod tests {
     #[test]
     fn node_id_comes_from_the_statefulset_ordinal() {
         assert_eq!(node_id_from_hostname("demo-3"), Some(3));
-        assert_eq!(node_id_from_hostname("my-log-cluster-12.demo-nodes.ns.svc"), Some(12));
+        assert_eq!(
+            node_id_from_hostname("my-log-cluster-12.demo-nodes.ns.svc"),
+            Some(12)
+        );
         assert_eq!(node_id_from_hostname("laptop"), None);
         assert_eq!(node_id_from_hostname("demo-"), None);
         assert_eq!(node_id_from_hostname("demo-x1"), None);
@@ -325,7 +352,11 @@ mod tests {
 
     #[test]
     fn config_file_keys_become_values_and_unknown_keys_are_errors() {
-        let known = vec!["data-dir".to_string(), "gossip-seed".to_string(), "bootstrap".to_string()];
+        let known = vec![
+            "data-dir".to_string(),
+            "gossip-seed".to_string(),
+            "bootstrap".to_string(),
+        ];
         let path = Path::new("node.yaml");
         let parsed = parse_config_file(
             path,
@@ -337,7 +368,10 @@ mod tests {
         assert_eq!(parsed["gossip-seed"], "a:8401,b:8401");
         assert_eq!(parsed["bootstrap"], "true");
         let err = parse_config_file(path, "data_dir: /data\n", &known).expect_err("typo");
-        assert!(err.to_string().contains("unknown option `data_dir`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown option `data_dir`"),
+            "{err}"
+        );
         assert!(parse_config_file(path, "- a\n- b\n", &known).is_err());
         assert_eq!(env_var_name("data-dir"), "LOGCLUSTER_DATA_DIR");
     }

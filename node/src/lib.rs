@@ -1,4 +1,9 @@
 //! The LogCluster node.
+pub mod agent;
+pub mod api;
 pub mod auth;
+pub mod config;
 pub mod error;
+pub mod http;
 pub mod log;
+pub mod telemetry;

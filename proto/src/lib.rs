@@ -14,3 +14,8 @@ pub mod admin_v1 {
 
 /// Encoded `FileDescriptorSet` of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("logcluster_descriptor");
+
+pub mod errors;
+
+pub mod client;
+pub use client::{ClientConfig, ClientError, ClientTls, LogClient};

@@ -1,0 +1,248 @@
+//! Wires a node together from its configuration, runs it, and shuts it down gracefully:
+//! telemetry → TLS material and ACL (both hot-reloaded) → commit log → gRPC on the TLS port and
+//! health/metrics on the HTTP port → wait for SIGTERM/SIGINT → drain and close.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::local::LocalLog;
+use crate::api::server::GrpcRoutes;
+use crate::api::{AccessControl, CommitLog, LogService, LogServiceLimits};
+use crate::auth::authz::CasbinAuthorizer;
+use crate::auth::tls::{self, ReloadingTlsFiles, TlsFiles};
+use crate::config::{FsyncMode, NodeArgs, node_id_from_hostname};
+use crate::http::{self, HttpState, Readiness};
+use crate::log::{FsyncPolicy, Log, LogConfig};
+use crate::telemetry::metrics::{CertificateRole, LogGauges, Metrics};
+
+/// How often certificate and policy files are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The validated configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub http_listen_addr: SocketAddr,
+    pub tls: TlsFiles,
+    pub acl_model_file: Option<PathBuf>,
+    pub acl_policy_file: PathBuf,
+    pub log: LogConfig,
+}
+
+impl NodeConfig {
+    /// Validates the flags once, at start-up.
+    pub fn from_args(args: &NodeArgs) -> Result<Self> {
+        let node_id = match args.node_id {
+            Some(id) => id,
+            None => {
+                let hostname = hostname();
+                node_id_from_hostname(&hostname).with_context(|| {
+                    format!("no --node-id given and the host name `{hostname}` does not end in -<ordinal>")
+                })?
+            }
+        };
+        let advertise_addr = match &args.advertise_addr {
+            Some(addr) => addr.clone(),
+            None => format!("{}:{}", hostname(), args.listen_addr.port()),
+        };
+        if !advertise_addr.contains(':') {
+            bail!("--advertise-addr `{advertise_addr}` must be host:port");
+        }
+        let max_record_bytes = u32::try_from(args.max_record_bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "--max-record-bytes {} is larger than 4 GiB",
+                args.max_record_bytes
+            )
+        })?;
+        if args.max_record_bytes == 0 {
+            bail!("--max-record-bytes must be at least 1");
+        }
+        if args.max_record_bytes >= args.max_segment_bytes {
+            bail!(
+                "--max-record-bytes ({}) must be smaller than --max-segment-bytes ({})",
+                args.max_record_bytes,
+                args.max_segment_bytes
+            );
+        }
+        let fsync = match args.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval(args.fsync_interval),
+            FsyncMode::Never => FsyncPolicy::Never,
+        };
+        let log = LogConfig {
+            max_store_bytes: args.max_segment_bytes,
+            max_index_bytes: args.max_index_bytes,
+            fsync,
+            max_record_bytes,
+            ..LogConfig::default()
+        };
+        Ok(NodeConfig {
+            node_id,
+            data_dir: args.data_dir.clone(),
+            listen_addr: args.listen_addr,
+            advertise_addr,
+            http_listen_addr: args.http_listen_addr,
+            tls: TlsFiles::new(&args.tls_ca_file, &args.tls_cert_file, &args.tls_key_file),
+            acl_model_file: args.acl_model_file.clone(),
+            acl_policy_file: args.acl_policy_file.clone(),
+            log,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully.
+pub async fn run(config: NodeConfig) -> Result<()> {
+    tls::install_default_crypto_provider();
+    let metrics = Metrics::new(config.node_id);
+
+    let tls_files = ReloadingTlsFiles::load(config.tls.clone())
+        .with_context(|| format!("loading the node's TLS files {:?}", config.tls))?;
+    tls_files.spawn_watcher(RELOAD_INTERVAL);
+    metrics.set_certificate_not_after(CertificateRole::Node, unix_seconds(tls_files.not_after()));
+    let authorizer =
+        CasbinAuthorizer::from_files(config.acl_model_file.as_deref(), &config.acl_policy_file)
+            .await
+            .with_context(|| {
+                format!(
+                    "loading the ACL policy {}",
+                    config.acl_policy_file.display()
+                )
+            })?;
+    authorizer.spawn_watcher(RELOAD_INTERVAL);
+    let access = AccessControl::new(Arc::new(authorizer));
+
+    let log_dir = config.data_dir.join("log");
+    let log = {
+        let dir = log_dir.clone();
+        let log_config = config.log.clone();
+        tokio::task::spawn_blocking(move || Log::open(&dir, log_config))
+            .await
+            .context("opening the commit log")?
+            .with_context(|| format!("opening the commit log in {}", log_dir.display()))?
+    };
+    {
+        let log = log.clone();
+        metrics.register_log_stats(Arc::new(move || {
+            let stats = log.stats();
+            LogGauges {
+                first_offset: stats.first_offset,
+                next_offset: stats.next_offset,
+                segments: stats.segments as u64,
+                segment_bytes: stats.store_bytes + stats.index_bytes,
+            }
+        }));
+    }
+    let backend: Arc<dyn CommitLog> = Arc::new(LocalLog::new(
+        log.clone(),
+        config.node_id,
+        config.advertise_addr.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (readiness_tx, readiness) = watch::channel(Readiness::default());
+
+    let http_listener = TcpListener::bind(config.http_listen_addr)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", config.http_listen_addr))?;
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        HttpState {
+            metrics: metrics.clone(),
+            readiness,
+        },
+        wait_for(shutdown_rx.clone()),
+    ));
+
+    let service = LogService::new(backend, access, LogServiceLimits::default());
+    let routes = GrpcRoutes::new(service)
+        .await
+        .context("building the gRPC services")?;
+    let health = routes.health();
+    let grpc_listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", config.listen_addr))?;
+    let incoming = tls::tls_incoming(
+        grpc_listener,
+        tls_files
+            .server_config()
+            .context("building the TLS server configuration")?,
+        tls::DEFAULT_HANDSHAKE_TIMEOUT,
+    );
+    let grpc_task =
+        tokio::spawn(routes.serve(incoming, metrics.clone(), wait_for(shutdown_rx.clone())));
+    readiness_tx.send_replace(Readiness::ready());
+    tracing::info!(
+        node_id = config.node_id,
+        grpc = %config.listen_addr,
+        advertise = %config.advertise_addr,
+        http = %config.http_listen_addr,
+        first_offset = log.first_offset(),
+        next_offset = log.next_offset(),
+        "node is serving"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight calls");
+    readiness_tx.send_replace(Readiness::not_ready("shutting down"));
+    health
+        .set_not_serving::<logcluster_api::log_v1::log_server::LogServer<LogService>>()
+        .await;
+    let _ = shutdown_tx.send(true);
+    match grpc_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
+        Err(e) => tracing::error!(error = %e, "the gRPC server task failed"),
+    }
+    let _ = http_task.await;
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .context("closing the commit log")?
+        .context("closing the commit log")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+    }
+}

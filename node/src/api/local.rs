@@ -1,0 +1,203 @@
+//! A [`CommitLog`] on one local [`Log`], without replication: a record is committed once it is
+//! durable on this node's disk. Used for API tests and single-node benchmarks; the cluster
+//! runs the same service on Raft.
+//!
+//! Appends go through one writer thread that batches every request waiting at that moment into
+//! a single write and a single `fdatasync` (group commit), so concurrent producers share syncs.
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, watch};
+
+use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
+use crate::log::{Entry, EntryKind, Error as LogError, Log};
+
+/// Most append requests one group commit takes.
+const MAX_GROUP: usize = 4096;
+
+struct AppendRequest {
+    records: Vec<NewRecord>,
+    reply: oneshot::Sender<Result<Vec<u64>, BackendError>>,
+}
+
+/// A single-node commit log: durable means committed.
+pub struct LocalLog {
+    log: Log,
+    appends: std_mpsc::Sender<AppendRequest>,
+    committed: watch::Receiver<u64>,
+    servers: watch::Sender<Arc<Vec<ServerInfo>>>,
+}
+
+impl LocalLog {
+    /// Serves `log`, reporting itself as node `id` at `rpc_addr` in `GetServers`.
+    pub fn new(log: Log, id: u64, rpc_addr: String) -> Self {
+        let (committed_tx, committed) = watch::channel(log.next_offset());
+        let (appends, requests) = std_mpsc::channel();
+        let writer_log = log.clone();
+        std::thread::Builder::new()
+            .name("local-log-writer".into())
+            .spawn(move || write_loop(writer_log, requests, committed_tx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the log writer thread"));
+        let servers = watch::Sender::new(Arc::new(vec![ServerInfo {
+            id,
+            rpc_addr,
+            is_leader: true,
+            role: MemberRole::Voter,
+            replicated_offset: 0,
+        }]));
+        LocalLog {
+            log,
+            appends,
+            committed,
+            servers,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn write_loop(
+    log: Log,
+    requests: std_mpsc::Receiver<AppendRequest>,
+    committed: watch::Sender<u64>,
+) {
+    // Blocks until a request arrives; ends when every LocalLog handle is gone.
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let timestamp_ms = now_ms();
+        let mut next = log.next_offset();
+        let mut entries = Vec::new();
+        let mut offsets = Vec::with_capacity(group.len());
+        for request in &group {
+            let start = next;
+            for record in &request.records {
+                entries.push(Entry {
+                    index: next,
+                    term: 0,
+                    kind: EntryKind::Data,
+                    timestamp_ms,
+                    payload: record.value.clone(),
+                });
+                next += 1;
+            }
+            offsets.push((start..next).collect::<Vec<u64>>());
+        }
+        let result = log
+            .append_unsynced(&entries)
+            .and_then(|_| log.sync())
+            .map_err(backend_error);
+        match result {
+            Ok(durable) => {
+                committed.send_replace(durable);
+                for (request, offsets) in group.into_iter().zip(offsets) {
+                    let _ = request.reply.send(Ok(offsets));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "appending to the local log failed");
+                for request in group {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Maps commit-log errors to what the API reports.
+pub fn backend_error(error: LogError) -> BackendError {
+    match error {
+        LogError::OutOfRange {
+            offset,
+            first,
+            next,
+        } => BackendError::OutOfRange {
+            offset,
+            first,
+            next,
+        },
+        LogError::RecordTooLarge { size, max } => BackendError::RecordTooLarge { size, max },
+        LogError::Closed => BackendError::ShuttingDown,
+        other => BackendError::Storage(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl CommitLog for LocalLog {
+    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, BackendError> {
+        let max = self.max_record_bytes();
+        if let Some(too_large) = records.iter().find(|r| r.value.len() as u64 > max) {
+            return Err(BackendError::RecordTooLarge {
+                size: too_large.value.len() as u64,
+                max,
+            });
+        }
+        let (reply, response) = oneshot::channel();
+        self.appends
+            .send(AppendRequest { records, reply })
+            .map_err(|_| BackendError::ShuttingDown)?;
+        response.await.map_err(|_| BackendError::ShuttingDown)?
+    }
+
+    async fn read(
+        &self,
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, BackendError> {
+        let committed = *self.committed.borrow();
+        if from >= committed {
+            return Err(BackendError::OutOfRange {
+                offset: from,
+                first: self.log.first_offset(),
+                next: committed,
+            });
+        }
+        // Only committed entries: the writer makes entries readable before their sync.
+        let max_entries = max_entries.max(1).min((committed - from) as usize);
+        let log = self.log.clone();
+        let entries =
+            tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
+                .await
+                .map_err(|e| BackendError::Storage(format!("read task failed: {e}")))?
+                .map_err(|e| match e {
+                    LogError::OutOfRange { offset, first, .. } => BackendError::OutOfRange {
+                        offset,
+                        first,
+                        next: committed,
+                    },
+                    other => backend_error(other),
+                })?;
+        Ok(entries)
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    fn first_offset(&self) -> u64 {
+        self.log.first_offset()
+    }
+
+    fn max_record_bytes(&self) -> u64 {
+        u64::from(self.log.config().max_record_bytes)
+    }
+
+    fn servers(&self) -> watch::Receiver<Arc<Vec<ServerInfo>>> {
+        self.servers.subscribe()
+    }
+}

@@ -1,0 +1,399 @@
+//! `log.v1.Log`: the client API (proglog-compatible, plus batch produce and a server watch).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use logcluster_api::log_v1::{
+    self, ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse,
+    ProduceBatchRequest, ProduceBatchResponse, ProduceRequest, ProduceResponse, RecordType,
+    log_server::Log,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::access::{AccessControl, action};
+use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
+use super::status;
+use crate::log::{Entry, EntryKind};
+use crate::telemetry::rpc_layer::{RpcFields, rpc_fields};
+
+/// Limits of the client API.
+#[derive(Debug, Clone)]
+pub struct LogServiceLimits {
+    /// Most records in one `ProduceBatch`.
+    pub max_batch_records: usize,
+    /// Most bytes of record values in one `ProduceBatch`.
+    pub max_batch_bytes: u64,
+    /// Produces of one `ProduceStream` being committed at the same time.
+    pub max_in_flight_per_stream: usize,
+    /// Entries a `ConsumeStream` reads from the log at a time.
+    pub stream_read_entries: usize,
+    /// Bytes a `ConsumeStream` reads from the log at a time (about).
+    pub stream_read_bytes: usize,
+    /// Responses a `ConsumeStream` buffers ahead of a slow client.
+    pub stream_buffer: usize,
+}
+
+impl Default for LogServiceLimits {
+    fn default() -> Self {
+        LogServiceLimits {
+            max_batch_records: 10_000,
+            max_batch_bytes: 16 << 20,
+            max_in_flight_per_stream: 1024,
+            stream_read_entries: 1024,
+            stream_read_bytes: 1 << 20,
+            stream_buffer: 256,
+        }
+    }
+}
+
+/// The `log.v1.Log` service over any [`CommitLog`].
+pub struct LogService {
+    log: Arc<dyn CommitLog>,
+    access: AccessControl,
+    limits: LogServiceLimits,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl LogService {
+    pub fn new(log: Arc<dyn CommitLog>, access: AccessControl, limits: LogServiceLimits) -> Self {
+        LogService {
+            log,
+            access,
+            limits,
+        }
+    }
+
+    /// The largest request message the service can need to decode: a full batch, or one
+    /// maximal record, with room for framing. Configure the tonic server's decoding limit with it
+    /// so oversized records reach our own check (and get `RESOURCE_EXHAUSTED` with details).
+    pub fn max_message_bytes(&self) -> usize {
+        let largest = self.limits.max_batch_bytes.max(self.log.max_record_bytes());
+        usize::try_from(largest)
+            .unwrap_or(usize::MAX)
+            .saturating_add(64 << 10)
+    }
+}
+
+/// Checks one client record; clients may only write data records.
+fn new_record(record: Option<log_v1::Record>, max: u64) -> Result<NewRecord, BackendError> {
+    let record =
+        record.ok_or_else(|| BackendError::InvalidArgument("the request has no record".into()))?;
+    if record.r#type != RecordType::Data as u32 {
+        return Err(BackendError::InvalidArgument(format!(
+            "record type {} cannot be produced: clients write data records (type 0) only",
+            record.r#type
+        )));
+    }
+    let size = record.value.len() as u64;
+    if size > max {
+        return Err(BackendError::RecordTooLarge { size, max });
+    }
+    Ok(NewRecord {
+        value: record.value,
+    })
+}
+
+fn to_record(entry: Entry) -> log_v1::Record {
+    // Raft-internal entries (blank, membership) are not client data: their payload stays inside.
+    let value = if entry.kind == EntryKind::Data {
+        entry.payload
+    } else {
+        bytes::Bytes::new()
+    };
+    log_v1::Record {
+        value,
+        offset: entry.index,
+        term: entry.term,
+        r#type: entry.kind as u32,
+        timestamp_unix_ms: entry.timestamp_ms,
+    }
+}
+
+fn to_server(info: &ServerInfo) -> log_v1::Server {
+    log_v1::Server {
+        id: info.id.to_string(),
+        rpc_addr: info.rpc_addr.clone(),
+        is_leader: info.is_leader,
+        role: match info.role {
+            MemberRole::Voter => log_v1::ServerRole::Voter,
+            MemberRole::Learner => log_v1::ServerRole::Learner,
+        } as i32,
+        replicated_offset: info.replicated_offset,
+    }
+}
+
+fn servers_response(servers: &[ServerInfo]) -> GetServersResponse {
+    GetServersResponse {
+        servers: servers.iter().map(to_server).collect(),
+    }
+}
+
+async fn produce_one(log: &dyn CommitLog, record: Option<log_v1::Record>) -> Result<u64, Status> {
+    let record = new_record(record, log.max_record_bytes())?;
+    let offsets = log.append(vec![record]).await?;
+    offsets
+        .first()
+        .copied()
+        .ok_or_else(|| Status::internal("the log returned no offset for an appended record"))
+}
+
+#[tonic::async_trait]
+impl Log for LogService {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        self.access.check(&request, action::PRODUCE)?;
+        let fields = rpc_fields(&request);
+        let offset = produce_one(self.log.as_ref(), request.into_inner().record).await?;
+        fields.set_offset(offset);
+        fields.add_count(1);
+        Ok(Response::new(ProduceResponse { offset }))
+    }
+
+    async fn consume(
+        &self,
+        request: Request<ConsumeRequest>,
+    ) -> Result<Response<ConsumeResponse>, Status> {
+        self.access.check(&request, action::CONSUME)?;
+        let offset = request.get_ref().offset;
+        let fields = rpc_fields(&request);
+        fields.set_offset(offset);
+        let entries = self.log.read(offset, 1, 0).await?;
+        let entry = entries.into_iter().next().ok_or_else(|| {
+            Status::internal(format!(
+                "the log returned nothing for committed offset {offset}"
+            ))
+        })?;
+        if entry.index != offset {
+            return Err(Status::internal(format!(
+                "the log returned offset {} for offset {offset}",
+                entry.index
+            )));
+        }
+        fields.add_count(1);
+        // NB: a Raft-internal entry is returned as what it is (its type says so, its value is
+        // withheld): a client reading offsets one by one can step over it.
+        Ok(Response::new(ConsumeResponse {
+            record: Some(to_record(entry)),
+        }))
+    }
+
+    type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+
+    async fn consume_stream(
+        &self,
+        request: Request<ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        self.access.check(&request, action::CONSUME)?;
+        let from = request.get_ref().offset;
+        let fields = rpc_fields(&request);
+        fields.set_offset(from);
+        let first = self.log.first_offset();
+        if from < first {
+            return Err(BackendError::OutOfRange {
+                offset: from,
+                first,
+                next: *self.log.committed().borrow(),
+            }
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(self.limits.stream_buffer);
+        let follower = TailFollower {
+            log: Arc::clone(&self.log),
+            committed: self.log.committed(),
+            next: from,
+            limits: self.limits.clone(),
+            fields,
+        };
+        tokio::spawn(follower.run(tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ProduceStreamStream = BoxStream<ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let subject = self.access.check(&request, action::PRODUCE)?;
+        let fields = rpc_fields(&request);
+        let log = Arc::clone(&self.log);
+        let access = self.access.clone();
+        let in_flight = self.limits.max_in_flight_per_stream;
+        // Many produces are committed concurrently (the log batches them into few fsyncs and
+        // Raft rounds); `buffered` keeps responses in request order.
+        let responses = request
+            .into_inner()
+            .map(move |message| {
+                let log = Arc::clone(&log);
+                let access = access.clone();
+                let subject = subject.clone();
+                let fields = fields.clone();
+                async move {
+                    // Re-checked per message so a policy change applies to open streams too.
+                    access.check_subject(&subject, action::PRODUCE)?;
+                    let offset = produce_one(log.as_ref(), message?.record).await?;
+                    fields.set_offset(offset);
+                    fields.add_count(1);
+                    Ok(ProduceResponse { offset })
+                }
+            })
+            .buffered(in_flight)
+            // The first error ends the stream (gRPC has no per-message status).
+            .scan(false, |failed, item: Result<ProduceResponse, Status>| {
+                let out = if *failed {
+                    None
+                } else {
+                    *failed = item.is_err();
+                    Some(item)
+                };
+                futures::future::ready(out)
+            });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn get_servers(
+        &self,
+        request: Request<GetServersRequest>,
+    ) -> Result<Response<GetServersResponse>, Status> {
+        self.access.subject(&request)?;
+        let servers = self.log.servers().borrow().clone();
+        Ok(Response::new(servers_response(&servers)))
+    }
+
+    async fn produce_batch(
+        &self,
+        request: Request<ProduceBatchRequest>,
+    ) -> Result<Response<ProduceBatchResponse>, Status> {
+        self.access.check(&request, action::PRODUCE)?;
+        let fields = rpc_fields(&request);
+        let records = request.into_inner().records;
+        if records.is_empty() {
+            return Err(status::invalid_argument("the batch has no records".into()));
+        }
+        if records.len() > self.limits.max_batch_records {
+            return Err(status::invalid_argument(format!(
+                "the batch has {} records; at most {} are allowed",
+                records.len(),
+                self.limits.max_batch_records
+            )));
+        }
+        let total: u64 = records.iter().map(|r| r.value.len() as u64).sum();
+        if total > self.limits.max_batch_bytes {
+            return Err(BackendError::RecordTooLarge {
+                size: total,
+                max: self.limits.max_batch_bytes,
+            }
+            .into());
+        }
+        let max = self.log.max_record_bytes();
+        let records = records
+            .into_iter()
+            .map(|r| new_record(Some(r), max))
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = records.len();
+        let offsets = self.log.append(records).await?;
+        if offsets.len() != count {
+            return Err(Status::internal(format!(
+                "the log returned {} offsets for {count} records",
+                offsets.len()
+            )));
+        }
+        if let Some(first) = offsets.first() {
+            fields.set_offset(*first);
+        }
+        fields.add_count(count as u64);
+        Ok(Response::new(ProduceBatchResponse { offsets }))
+    }
+
+    type WatchServersStream = BoxStream<GetServersResponse>;
+
+    async fn watch_servers(
+        &self,
+        request: Request<GetServersRequest>,
+    ) -> Result<Response<Self::WatchServersStream>, Status> {
+        self.access.subject(&request)?;
+        let servers = self.log.servers();
+        let stream = futures::stream::unfold((servers, true), |(mut rx, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let response = servers_response(&rx.borrow_and_update());
+            Some((Ok(response), (rx, false)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sends committed data records from `next` onwards, waiting on the commit watermark at the
+/// tail (never polling), until the client goes away or the log fails.
+struct TailFollower {
+    log: Arc<dyn CommitLog>,
+    committed: watch::Receiver<u64>,
+    next: u64,
+    limits: LogServiceLimits,
+    fields: RpcFields,
+}
+
+impl TailFollower {
+    async fn run(mut self, tx: mpsc::Sender<Result<ConsumeResponse, Status>>) {
+        loop {
+            let watermark = *self.committed.borrow_and_update();
+            if self.next < watermark {
+                let entries = match self
+                    .log
+                    .read(
+                        self.next,
+                        self.limits.stream_read_entries,
+                        self.limits.stream_read_bytes,
+                    )
+                    .await
+                {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for entry in entries {
+                    if entry.index != self.next {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "the log returned offset {} where {} was expected",
+                                entry.index, self.next
+                            ))))
+                            .await;
+                        return;
+                    }
+                    self.next += 1;
+                    // Raft-internal entries occupy offsets but are not data.
+                    if entry.kind != EntryKind::Data {
+                        continue;
+                    }
+                    let response = ConsumeResponse {
+                        record: Some(to_record(entry)),
+                    };
+                    if tx.send(Ok(response)).await.is_err() {
+                        return; // the client went away
+                    }
+                    self.fields.add_count(1);
+                }
+                continue;
+            }
+            tokio::select! {
+                changed = self.committed.changed() => {
+                    if changed.is_err() {
+                        let _ = tx.send(Err(BackendError::ShuttingDown.into())).await;
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    }
+}
