@@ -504,7 +504,7 @@ fn start_processes(
         .arg(file_arg("tls-cert-file", &f.serving_cert))
         .arg(file_arg("tls-private-key-file", &f.serving_key))
         .arg(file_arg("client-ca-file", &f.ca_cert))
-        .arg(file_arg("service-account-key-file", &f.service_account_key))
+        .arg(file_arg("service-account-key-file", &f.service_account_pub))
         .arg(file_arg(
             "service-account-signing-key-file",
             &f.service_account_key,

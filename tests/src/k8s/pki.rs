@@ -23,6 +23,8 @@ pub struct PkiFiles {
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
     pub service_account_key: PathBuf,
+    /// The public half, for `--service-account-key-file` (which reads no PKCS#8 private keys).
+    pub service_account_pub: PathBuf,
 }
 
 /// The generated material: files on disk, and the admin identity in memory for the harness's
@@ -85,6 +87,7 @@ impl Pki {
             admin_cert: dir.join("admin.crt"),
             admin_key: dir.join("admin.key"),
             service_account_key: dir.join("service-account.key"),
+            service_account_pub: dir.join("service-account.pub"),
         };
         write(&files.ca_cert, &ca_cert.pem())?;
         write(&files.serving_cert, &serving_cert.pem())?;
@@ -94,6 +97,10 @@ impl Pki {
         write(
             &files.service_account_key,
             &service_account_key.serialize_pem(),
+        )?;
+        write(
+            &files.service_account_pub,
+            &service_account_key.public_key_pem(),
         )?;
 
         Ok(Self {
