@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["proto/log.proto", "proto/admin.proto"];
+    let protos = ["proto/log.proto", "proto/admin.proto", "proto/raft.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

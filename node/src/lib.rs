@@ -7,4 +7,5 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod log;
+pub mod raft;
 pub mod telemetry;

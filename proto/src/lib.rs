@@ -12,6 +12,11 @@ pub mod admin_v1 {
     tonic::include_proto!("admin.v1");
 }
 
+/// The peer API between nodes (Raft replication), package `raft.v1`.
+pub mod raft_v1 {
+    tonic::include_proto!("raft.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("logcluster_descriptor");
 

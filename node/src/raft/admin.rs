@@ -1,0 +1,518 @@
+//! Cluster administration: the logic behind `admin.v1` ([`ClusterAdmin`]) and its gRPC service
+//! ([`AdminService`], every call authorized with the `admin` action).
+//!
+//! Membership-changing calls (AddNode, RemoveNode, TransferLeader) run on the leader. A follower
+//! forwards them to the leader over the cached peer channel, authenticated with the node
+//! certificate (nodes hold the `admin` permission), marking the call as forwarded so that it is
+//! never forwarded twice; when that fails it answers `UNAVAILABLE` with the leader hint in the
+//! error details. Every call is idempotent: repeating it after a timeout is safe.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use logcluster_api::admin_v1::admin_client::AdminClient;
+use logcluster_api::admin_v1::admin_server::{Admin, AdminServer};
+use logcluster_api::admin_v1::{
+    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse, InitializeRequest,
+    InitializeResponse, Member, MemberRole, MemberStatus, RemoveNodeRequest, RemoveNodeResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
+};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
+use tonic::{Request, Response, Status};
+
+use super::network::PeerChannels;
+use super::types::{Node, NodeId, Raft, TypeConfig};
+use crate::api::AccessControl;
+use crate::api::access::action;
+use crate::api::backend::BackendError;
+use crate::log::Log;
+
+/// Metadata key set on calls a follower forwards to the leader.
+pub const FORWARDED_HEADER: &str = "x-logcluster-forwarded";
+
+/// How long a membership call may wait (a learner catching up, a leader transfer).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminTimeouts {
+    /// Adding a learner that must catch up before promotion.
+    pub catch_up: Duration,
+    /// A membership entry to commit, or a leadership transfer to complete.
+    pub change: Duration,
+}
+
+impl Default for AdminTimeouts {
+    fn default() -> Self {
+        AdminTimeouts {
+            catch_up: Duration::from_secs(120),
+            change: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The admin operations of one node.
+#[derive(Clone)]
+pub struct ClusterAdmin {
+    node_id: NodeId,
+    raft: Raft,
+    log: Log,
+    channels: PeerChannels,
+    timeouts: AdminTimeouts,
+}
+
+impl std::fmt::Debug for ClusterAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAdmin").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+/// Where a membership call must run.
+enum Route {
+    Here,
+    Leader(NodeId, String),
+}
+
+impl ClusterAdmin {
+    pub fn new(node_id: NodeId, raft: Raft, log: Log, channels: PeerChannels, timeouts: AdminTimeouts) -> Self {
+        ClusterAdmin {
+            node_id,
+            raft,
+            log,
+            channels,
+            timeouts,
+        }
+    }
+
+    fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        super::metrics_watch::current(&self.raft)
+    }
+
+    /// Whether this node leads, or where the leader is. `UNAVAILABLE` without a known leader.
+    fn route(&self) -> Result<Route, Status> {
+        let metrics = self.metrics();
+        match metrics.current_leader {
+            Some(id) if id == self.node_id && metrics.state == ServerState::Leader => Ok(Route::Here),
+            Some(id) if id != self.node_id => match metrics.membership_config.membership().get_node(&id) {
+                Some(node) => Ok(Route::Leader(id, node.addr.clone())),
+                None => Err(Status::from(BackendError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: None,
+                    not_applied: true,
+                })),
+            },
+            _ => Err(Status::from(BackendError::NoLeader)),
+        }
+    }
+
+    fn leader_client(&self, leader: NodeId, addr: &str) -> Result<AdminClient<tonic::transport::Channel>, Status> {
+        self.channels
+            .channel(addr)
+            .map(AdminClient::new)
+            .map_err(|_| not_leader(leader, addr))
+    }
+
+    /// Initializes a new cluster with `voters` (this node must be one). Returns false when the
+    /// cluster already is initialized with exactly these voters.
+    pub async fn initialize(&self, voters: Vec<Member>) -> Result<bool, Status> {
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("at least one voter is required"));
+        }
+        let mut members = BTreeMap::new();
+        for member in voters {
+            check_addr(&member.rpc_addr)?;
+            members.insert(member.node_id, Node::new(member.rpc_addr));
+        }
+        if !members.contains_key(&self.node_id) {
+            return Err(Status::invalid_argument(format!(
+                "this node ({}) must be one of the voters",
+                self.node_id
+            )));
+        }
+        match self.raft.initialize(members.clone()).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                let metrics = self.metrics();
+                let current: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+                let requested: BTreeSet<NodeId> = members.keys().copied().collect();
+                if current == requested {
+                    Ok(false)
+                } else {
+                    Err(Status::failed_precondition(format!(
+                        "the cluster is already initialized with voters {current:?}, not {requested:?}"
+                    )))
+                }
+            }
+            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(fatal_status(fatal)),
+        }
+    }
+
+    /// Adds `node` as a learner and, with `promote`, makes it a voter once it has caught up.
+    /// Returns the index of the membership entry that made (or already reflects) the change.
+    pub async fn add_node(&self, node: Member, promote: bool, forwarded: bool) -> Result<u64, Status> {
+        check_addr(&node.rpc_addr)?;
+        match self.route()? {
+            Route::Here => {}
+            Route::Leader(id, addr) if !forwarded => {
+                let mut client = self.leader_client(id, &addr)?;
+                let request = forwarded_request(AddNodeRequest {
+                    node: Some(node),
+                    promote_to_voter: promote,
+                });
+                return client
+                    .add_node(request)
+                    .await
+                    .map(|r| r.into_inner().membership_log_index)
+                    .map_err(|s| forward_failure(s, id, &addr));
+            }
+            Route::Leader(id, addr) => return Err(not_leader(id, &addr)),
+        }
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == node.node_id);
+        let known = membership.get_node(&node.node_id);
+        let same_addr = known.is_some_and(|n| n.addr == node.rpc_addr);
+        let mut index = membership_index(&metrics);
+        if is_voter && same_addr {
+            return Ok(index);
+        }
+        let id = node.node_id;
+        let addr = node.rpc_addr.clone();
+        if known.is_some() && !same_addr {
+            // The node moved: update its address (a voter keeps its vote).
+            let change = ChangeMembers::SetNodes(BTreeMap::from([(id, Node::new(addr.clone()))]));
+            index = self.change(change).await?;
+            if is_voter {
+                return Ok(index);
+            }
+        }
+        if !is_voter {
+            let added = tokio::time::timeout(self.timeouts.catch_up, self.raft.add_learner(id, Node::new(addr), promote))
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "node {id} did not catch up within {:?}; retry to keep waiting",
+                        self.timeouts.catch_up
+                    ))
+                })?
+                .map_err(write_error)?;
+            index = added.log_id.index;
+        }
+        if promote {
+            index = self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+        }
+        Ok(index)
+    }
+
+    /// Removes node `id` (voter or learner). When it is this node and this node leads,
+    /// leadership moves to another voter first.
+    pub async fn remove_node(&self, id: NodeId, forwarded: bool) -> Result<u64, Status> {
+        match self.route()? {
+            Route::Here => {}
+            Route::Leader(leader, addr) if !forwarded => {
+                let mut client = self.leader_client(leader, &addr)?;
+                return client
+                    .remove_node(forwarded_request(RemoveNodeRequest { node_id: id }))
+                    .await
+                    .map(|r| r.into_inner().membership_log_index)
+                    .map_err(|s| forward_failure(s, leader, &addr));
+            }
+            Route::Leader(leader, addr) => return Err(not_leader(leader, &addr)),
+        }
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Ok(membership_index(&metrics));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is the only voter; a cluster cannot remove its last voter"
+            )));
+        }
+        if id == self.node_id {
+            // Hand leadership over first, then let the new leader remove this node.
+            let new_leader = self.transfer_leader(None, true).await?;
+            let addr = self
+                .metrics()
+                .membership_config
+                .membership()
+                .get_node(&new_leader)
+                .map(|n| n.addr.clone())
+                .ok_or_else(|| Status::unavailable("the new leader has no address"))?;
+            let mut client = self.leader_client(new_leader, &addr)?;
+            return client
+                .remove_node(forwarded_request(RemoveNodeRequest { node_id: id }))
+                .await
+                .map(|r| r.into_inner().membership_log_index)
+                .map_err(|s| forward_failure(s, new_leader, &addr));
+        }
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let index = self.change(change).await?;
+        // A removed voter stays a learner until its node entry goes too.
+        if self.metrics().membership_config.membership().get_node(&id).is_some() {
+            return self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await;
+        }
+        Ok(index)
+    }
+
+    /// Moves leadership to voter `to` (or the most up-to-date other voter) and returns the new
+    /// leader once it leads.
+    pub async fn transfer_leader(&self, to: Option<NodeId>, forwarded: bool) -> Result<NodeId, Status> {
+        match self.route()? {
+            Route::Here => {}
+            Route::Leader(leader, _) if to == Some(leader) => return Ok(leader),
+            Route::Leader(leader, addr) if !forwarded => {
+                let mut client = self.leader_client(leader, &addr)?;
+                return client
+                    .transfer_leader(forwarded_request(TransferLeaderRequest { node_id: to }))
+                    .await
+                    .map(|r| r.into_inner().new_leader_id)
+                    .map_err(|s| forward_failure(s, leader, &addr));
+            }
+            Route::Leader(leader, addr) => return Err(not_leader(leader, &addr)),
+        }
+        let metrics = self.metrics();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let target = match to {
+            Some(id) if id == self.node_id => return Ok(id),
+            Some(id) if voters.contains(&id) => id,
+            Some(id) => {
+                return Err(Status::failed_precondition(format!("node {id} is not a voter")));
+            }
+            None => most_up_to_date(&metrics, &voters, self.node_id)
+                .ok_or_else(|| Status::failed_precondition("there is no other voter to lead"))?,
+        };
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(fatal_status)?;
+        let me = self.node_id;
+        let moved = super::metrics_watch::wait_until(&self.raft, self.timeouts.change, |m| {
+            m.current_leader.is_some_and(|leader| leader != me)
+        })
+        .await
+        .map_err(|e| Status::deadline_exceeded(format!("leadership did not move to node {target}: {e}")))?;
+        moved
+            .current_leader
+            .ok_or_else(|| Status::unavailable("no leader after the transfer"))
+    }
+
+    /// The cluster as this node sees it (the leader knows every member's progress).
+    pub fn status(&self) -> ClusterStatusResponse {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let is_leader = metrics.state == ServerState::Leader;
+        let commit_index = metrics.local_committed.map_or(0, |c| c.index);
+        let healthy_within = Duration::from_millis(self.raft.config().election_timeout_max * 2);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if metrics.current_leader == Some(*id) {
+                    MemberRole::Leader
+                } else if voters.contains(id) {
+                    MemberRole::Voter
+                } else {
+                    MemberRole::Learner
+                };
+                let (matched_index, healthy) = if *id == self.node_id {
+                    (metrics.last_log_index.unwrap_or(0), true)
+                } else if is_leader {
+                    let matched = metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map_or(0, |m| m.index);
+                    let healthy = metrics
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id).cloned().flatten())
+                        .is_some_and(|acked| acked.elapsed() < healthy_within);
+                    (matched, healthy)
+                } else {
+                    (0, metrics.current_leader == Some(*id))
+                };
+                MemberStatus {
+                    node_id: *id,
+                    rpc_addr: node.addr.clone(),
+                    role: role as i32,
+                    matched_index,
+                    lag: commit_index.saturating_sub(matched_index),
+                    healthy,
+                }
+            })
+            .collect();
+        ClusterStatusResponse {
+            node_id: self.node_id,
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            commit_index,
+            first_offset: self.log.first_offset(),
+            next_offset: self.log.next_offset(),
+            members,
+            membership_changing: membership.get_joint_config().len() > 1,
+            membership_log_index: membership_index(&metrics),
+        }
+    }
+
+    /// Proposes a membership change and waits for it to commit; returns its log index.
+    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, Status> {
+        let response = tokio::time::timeout(self.timeouts.change, self.raft.change_membership(change, false))
+            .await
+            .map_err(|_| Status::deadline_exceeded("the membership change did not commit in time; retry"))?
+            .map_err(write_error)?;
+        Ok(response.log_id.index)
+    }
+}
+
+fn check_addr(addr: &str) -> Result<(), Status> {
+    if addr.is_empty() || !addr.contains(':') {
+        return Err(Status::invalid_argument(format!("rpc_addr {addr:?} is not host:port")));
+    }
+    Ok(())
+}
+
+fn membership_index(metrics: &RaftMetrics<TypeConfig>) -> u64 {
+    metrics.membership_config.log_id().map_or(0, |id| id.index)
+}
+
+/// The voter other than `me` with the highest matched index (the leader's view).
+fn most_up_to_date(metrics: &RaftMetrics<TypeConfig>, voters: &BTreeSet<NodeId>, me: NodeId) -> Option<NodeId> {
+    let matched = |id: &NodeId| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(id).cloned().flatten())
+            .map(|m| m.index)
+    };
+    voters
+        .iter()
+        .filter(|id| **id != me)
+        .max_by_key(|id| (matched(id), std::cmp::Reverse(**id)))
+        .copied()
+}
+
+fn forwarded_request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+fn not_leader(leader: NodeId, addr: &str) -> Status {
+    Status::from(BackendError::NotLeader {
+        leader_id: Some(leader),
+        leader_addr: Some(addr.to_owned()),
+        not_applied: true,
+    })
+}
+
+/// A forwarded call that failed: the leader's own answer, or `UNAVAILABLE` with its address.
+fn forward_failure(status: Status, leader: NodeId, addr: &str) -> Status {
+    if super::network::is_connect_failure(&status) {
+        not_leader(leader, addr)
+    } else {
+        status
+    }
+}
+
+fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
+    match fatal {
+        Fatal::Stopped => Status::from(BackendError::ShuttingDown),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
+    match e {
+        RaftError::Fatal(fatal) => fatal_status(fatal),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f)) => {
+            match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) => not_leader(id, &node.addr),
+                _ => Status::from(BackendError::NoLeader),
+            }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e @ ChangeMembershipError::InProgress(_))) => {
+            Status::aborted(format!("{e}; retry once it has committed"))
+        }
+        RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// The `admin.v1.Admin` gRPC service.
+#[derive(Clone)]
+pub struct AdminService {
+    admin: ClusterAdmin,
+    access: AccessControl,
+}
+
+impl AdminService {
+    pub fn new(admin: ClusterAdmin, access: AccessControl) -> Self {
+        AdminService { admin, access }
+    }
+
+    pub fn into_server(self) -> AdminServer<AdminService> {
+        AdminServer::new(self)
+    }
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeResponse>, Status> {
+        self.access.check(&request, action::ADMIN)?;
+        let initialized = self.admin.initialize(request.into_inner().voters).await?;
+        Ok(Response::new(InitializeResponse { initialized }))
+    }
+
+    async fn add_node(&self, request: Request<AddNodeRequest>) -> Result<Response<AddNodeResponse>, Status> {
+        self.access.check(&request, action::ADMIN)?;
+        let forwarded = is_forwarded(&request);
+        let request = request.into_inner();
+        let node = request
+            .node
+            .ok_or_else(|| Status::invalid_argument("AddNodeRequest.node is required"))?;
+        let index = self.admin.add_node(node, request.promote_to_voter, forwarded).await?;
+        Ok(Response::new(AddNodeResponse {
+            membership_log_index: index,
+        }))
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.access.check(&request, action::ADMIN)?;
+        let forwarded = is_forwarded(&request);
+        let index = self.admin.remove_node(request.into_inner().node_id, forwarded).await?;
+        Ok(Response::new(RemoveNodeResponse {
+            membership_log_index: index,
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.access.check(&request, action::ADMIN)?;
+        let forwarded = is_forwarded(&request);
+        let new_leader_id = self.admin.transfer_leader(request.into_inner().node_id, forwarded).await?;
+        Ok(Response::new(TransferLeaderResponse { new_leader_id }))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.access.check(&request, action::ADMIN)?;
+        Ok(Response::new(self.admin.status()))
+    }
+}

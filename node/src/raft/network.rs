@@ -1,0 +1,348 @@
+//! The Raft network: openraft's network traits over `raft.v1` gRPC, with mutual TLS.
+//!
+//! [`PeerChannels`] keeps **one** tonic `Channel` (one HTTP/2 connection) per peer address,
+//! created lazily on first use and reused by every RPC, heartbeat and stream to that peer —
+//! replication, heartbeats, snapshots, votes and forwarded produces all multiplex over it. It
+//! dials with the node certificate through the *current* client configuration of
+//! [`ReloadingTlsFiles`], so connections opened after a certificate renewal present the new
+//! certificate. tonic reconnects a channel whose connection broke.
+//!
+//! Errors: a failure to connect (TCP or TLS) is `Unreachable` (openraft backs off longer); a
+//! call that exceeded openraft's deadline is `Timeout`; anything else is `Network`. Connection
+//! failures are recognised by the [`CONNECT_FAILED`] prefix our connector puts on them, because
+//! tonic reduces a connect error to a plain `UNAVAILABLE` status.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use logcluster_api::raft_v1::raft_client::RaftClient;
+use openraft::base::BoxStream;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{
+    Backoff, NetBackoff, NetSnapshot, NetStreamAppend, NetTransferLeader, NetVote, RPCOption, RaftNetworkFactory,
+};
+use openraft::raft::{
+    AppendEntriesRequest, SnapshotResponse, StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RPCTypes};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Uri};
+
+use super::pb::{self, FromPb, ToPb, proto};
+use super::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
+use crate::auth::tls::{ReloadingTlsFiles, TlsConnector, endpoint};
+
+/// Prefix of the error of a connection attempt that failed (nothing was sent on it).
+pub const CONNECT_FAILED: &str = "connecting to peer failed";
+
+/// Time to establish TCP + TLS to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings detect a dead peer connection (e.g. a paused process) even while idle.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest raft.v1 message: a replication batch or one large record plus headers.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// One lazily created, reused gRPC channel per peer address, dialed with the node certificate.
+#[derive(Clone)]
+pub struct PeerChannels {
+    inner: Arc<ChannelsInner>,
+}
+
+struct ChannelsInner {
+    tls: ReloadingTlsFiles,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl std::fmt::Debug for PeerChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerChannels")
+            .field("peers", &self.inner.channels.lock().keys().cloned().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PeerChannels {
+    /// Channels that dial with `tls`'s current client configuration.
+    pub fn new(tls: ReloadingTlsFiles) -> Self {
+        PeerChannels {
+            inner: Arc::new(ChannelsInner {
+                tls,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The channel to `addr` (host:port), created on first use. No I/O happens here: the
+    /// connection is made by the first call (and remade after it breaks).
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.inner.channels.lock();
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let config = self
+            .inner
+            .tls
+            .client_config()
+            .map_err(|e| format!("no TLS client configuration: {e}"))?;
+        let endpoint = endpoint(addr)
+            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            // Replication batches are large; do not let flow control throttle a fast follower.
+            .initial_connection_window_size(Some(32 << 20))
+            .initial_stream_window_size(Some(8 << 20));
+        let channel = endpoint.connect_with_connector_lazy(MarkedConnector(TlsConnector::new(config)));
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A `raft.v1` client on the channel to `addr`.
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        Ok(RaftClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+/// [`TlsConnector`] whose errors say that the connection (and so no request) was made.
+#[derive(Clone)]
+struct MarkedConnector(TlsConnector);
+
+impl tower::Service<Uri> for MarkedConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = self.0.clone();
+        Box::pin(async move {
+            connector
+                .connect(&uri)
+                .await
+                .map(TokioIo::new)
+                .map_err(|e| io::Error::new(e.kind(), format!("{CONNECT_FAILED} {uri}: {e}")))
+        })
+    }
+}
+
+/// Whether `status` reports a failed connection attempt (so the request was never sent).
+pub fn is_connect_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().contains(CONNECT_FAILED)
+}
+
+/// openraft's network factory: one [`PeerClient`] per target, sharing [`PeerChannels`].
+#[derive(Clone, Debug)]
+pub struct Network {
+    id: NodeId,
+    channels: PeerChannels,
+}
+
+impl Network {
+    pub fn new(id: NodeId, channels: PeerChannels) -> Self {
+        Network { id, channels }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            id: self.id,
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+/// The network to one peer.
+pub struct PeerClient {
+    id: NodeId,
+    target: NodeId,
+    addr: String,
+    channels: PeerChannels,
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    fn timeout(&self, action: RPCTypes, timeout: Duration) -> RPCError<TypeConfig> {
+        RPCError::Timeout(Timeout {
+            action,
+            id: self.id,
+            target: self.target,
+            timeout,
+        })
+    }
+
+    /// Runs `call` with openraft's deadline and maps every failure.
+    async fn call<T, F>(&self, action: RPCTypes, option: &RPCOption, call: F) -> Result<T, RPCError<TypeConfig>>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(option.hard_ttl(), call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status_error(&status)),
+            Err(_) => Err(self.timeout(action, option.hard_ttl())),
+        }
+    }
+}
+
+/// A failed call as openraft's RPC error.
+fn status_error(status: &tonic::Status) -> RPCError<TypeConfig> {
+    if is_connect_failure(status) {
+        RPCError::Unreachable(Unreachable::new(status))
+    } else {
+        RPCError::Network(NetworkError::new(status))
+    }
+}
+
+fn convert_error(e: pb::ConvertError) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl NetBackoff<TypeConfig> for PeerClient {
+    fn backoff(&self) -> Option<Backoff> {
+        // openraft's configured default (Config::backoff).
+        None
+    }
+}
+
+impl NetVote<TypeConfig> for PeerClient {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = self
+            .call(RPCTypes::Vote, &option, client.vote(rpc.to_pb()))
+            .await?;
+        VoteResponse::from_pb(resp).map_err(convert_error)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = self
+            .call(RPCTypes::Vote, &option, client.pre_vote(rpc.to_pb()))
+            .await?;
+        VoteResponse::from_pb(resp).map_err(convert_error)
+    }
+}
+
+impl NetTransferLeader<TypeConfig> for PeerClient {
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = self
+            .call(
+                RPCTypes::TransferLeader,
+                &option,
+                client.transfer_leader(req.to_pb()),
+            )
+            .await?;
+        pb::transfer_response_from_pb(resp).map_err(convert_error)
+    }
+}
+
+impl NetSnapshot<TypeConfig> for PeerClient {
+    type SnapshotData = ();
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client()?;
+        let request = proto::InstallSnapshotRequest {
+            vote: Some(vote.to_pb()),
+            meta: Some(snapshot.meta.to_pb()),
+        };
+        let call = self.call(RPCTypes::InstallSnapshot, &option, client.install_snapshot(request));
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            resp = call => resp?,
+        };
+        SnapshotResponse::from_pb(resp).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl NetStreamAppend<TypeConfig> for PeerClient {
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> openraft::base::BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let requests = input.map(|req| req.to_pb());
+            let responses = self
+                .call(RPCTypes::AppendEntries, &option, client.stream_append(requests))
+                .await?;
+            // A response is due for every request sent; if the follower stops answering for
+            // this long, the stream is broken (keepalive would also notice a dead connection).
+            let item_timeout = (option.hard_ttl() * 20).max(Duration::from_secs(2));
+            let (id, target) = (self.id, self.target);
+            let stream = futures::stream::unfold(Some(responses), move |state| async move {
+                let mut responses = state?;
+                match tokio::time::timeout(item_timeout, responses.message()).await {
+                    Ok(Ok(Some(resp))) => {
+                        let result = pb::stream_append_result_from_pb(resp).map_err(convert_error);
+                        let keep = result.is_ok();
+                        Some((result, keep.then_some(responses)))
+                    }
+                    Ok(Ok(None)) => None,
+                    Ok(Err(status)) => Some((Err(status_error(&status)), None)),
+                    Err(_) => Some((
+                        Err(RPCError::Timeout(Timeout {
+                            action: RPCTypes::AppendEntries,
+                            id,
+                            target,
+                            timeout: item_timeout,
+                        })),
+                        None,
+                    )),
+                }
+            });
+            let stream: BoxStream<'s, _> = Box::pin(stream);
+            Ok(stream)
+        })
+    }
+}

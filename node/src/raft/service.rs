@@ -1,0 +1,172 @@
+//! The `raft.v1.Raft` gRPC service: what peers call. Every call is authorized with the
+//! `replicate` action (the node role), so a valid *client* certificate can never inject Raft
+//! traffic.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use logcluster_api::raft_v1::raft_server::{Raft as RaftApi, RaftServer};
+use openraft::errors::{Fatal, RaftError};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::commit_log::RaftCommitLog;
+use super::network::MAX_MESSAGE_BYTES;
+use super::pb::{self, FromPb, ToPb, proto};
+use super::types::{Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::api::AccessControl;
+use crate::api::access::action;
+use crate::api::backend::NewRecord;
+
+/// The peer API of a node.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+    commit_log: Arc<RaftCommitLog>,
+    access: AccessControl,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft, commit_log: Arc<RaftCommitLog>, access: AccessControl) -> Self {
+        RaftService {
+            raft,
+            commit_log,
+            access,
+        }
+    }
+
+    /// The tonic service, with message limits that fit a replication batch.
+    pub fn into_server(self) -> RaftServer<RaftService> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn raft_error(e: RaftError<TypeConfig>) -> Status {
+    match e {
+        RaftError::Fatal(fatal) => fatal_status(fatal),
+        RaftError::APIError(never) => match never {},
+    }
+}
+
+fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
+    match fatal {
+        Fatal::Stopped => Status::unavailable("raft is shutting down"),
+        other => Status::internal(format!("raft stopped: {other}")),
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::StreamAppendResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RaftApi for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<proto::AppendEntriesRequest>,
+    ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        let req = AppendEntriesRequest::from_pb(request.into_inner())?;
+        let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
+        Ok(Response::new(resp.to_pb()))
+    }
+
+    type StreamAppendStream = ResponseStream;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<proto::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        // A request that does not decode ends the input; the response stream then ends with
+        // the reason instead of silently.
+        let failure: Arc<Mutex<Option<Status>>> = Arc::new(Mutex::new(None));
+        let input_failure = Arc::clone(&failure);
+        let input = futures::stream::unfold(Some(request.into_inner()), move |incoming| {
+            let failure = Arc::clone(&input_failure);
+            async move {
+                let mut incoming = incoming?;
+                let decoded = match incoming.message().await {
+                    Ok(Some(req)) => AppendEntriesRequest::from_pb(req).map_err(Status::from),
+                    Ok(None) => return None,
+                    Err(status) => Err(status),
+                };
+                match decoded {
+                    Ok(req) => Some((req, Some(incoming))),
+                    Err(status) => {
+                        *failure.lock() = Some(status);
+                        None
+                    }
+                }
+            }
+        });
+        let output = self.raft.stream_append(input).map(|result| match result {
+            Ok(result) => Ok(pb::stream_append_result_to_pb(&result)),
+            Err(fatal) => Err(fatal_status(fatal)),
+        });
+        let trailer = futures::stream::once(async move { failure.lock().take() }).filter_map(|status| async move {
+            status.map(Err)
+        });
+        let stream: ResponseStream = Box::pin(output.chain(trailer));
+        Ok(Response::new(stream))
+    }
+
+    async fn vote(&self, request: Request<proto::VoteRequest>) -> Result<Response<proto::VoteResponse>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        let req = VoteRequest::from_pb(request.into_inner())?;
+        let resp = self.raft.vote(req).await.map_err(raft_error)?;
+        Ok(Response::new(resp.to_pb()))
+    }
+
+    async fn pre_vote(&self, request: Request<proto::VoteRequest>) -> Result<Response<proto::VoteResponse>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        let req = VoteRequest::from_pb(request.into_inner())?;
+        let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
+        Ok(Response::new(resp.to_pb()))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<proto::InstallSnapshotRequest>,
+    ) -> Result<Response<proto::SnapshotResponse>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        let req = request.into_inner();
+        let vote = Vote::from_pb(pb::required(req.vote, "InstallSnapshotRequest.vote")?)?;
+        let meta = SnapshotMeta::from_pb(pb::required(req.meta, "InstallSnapshotRequest.meta")?)?;
+        let snapshot = openraft::storage::Snapshot { meta, snapshot: () };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(fatal_status)?;
+        Ok(Response::new(resp.to_pb()))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        let req = TransferLeaderRequest::from_pb(request.into_inner())?;
+        let resp = self.raft.handle_transfer_leader(req).await.map_err(fatal_status)?;
+        Ok(Response::new(pb::transfer_response_to_pb(&resp)))
+    }
+
+    async fn forward_produce(
+        &self,
+        request: Request<proto::ForwardProduceRequest>,
+    ) -> Result<Response<proto::ForwardProduceResponse>, Status> {
+        self.access.check(&request, action::REPLICATE)?;
+        let records = request
+            .into_inner()
+            .values
+            .into_iter()
+            .map(|value| NewRecord { value })
+            .collect();
+        // Never forwarded again: a node that is no longer the leader refuses with a hint.
+        let offsets = self.commit_log.append_local(records).await.map_err(Status::from)?;
+        Ok(Response::new(proto::ForwardProduceResponse { offsets }))
+    }
+}
