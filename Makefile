@@ -3,9 +3,11 @@
 # Build artefacts live outside the checkout so that a fresh clone reuses them.
 export CARGO_TARGET_DIR ?= /var/tmp/logcluster-target
 export CARGO_TERM_COLOR ?= never
+# Where scripts/k8s-tools.sh caches etcd, kube-apiserver and helm; the k8s test harness reads it.
+export LOGCLUSTER_TOOLS_DIR ?= /var/tmp/logcluster-tools
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help
+.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -14,6 +16,12 @@ test: setup fmt-check clippy deny-openssl unit ## The whole suite: formatting, l
 
 setup: ## Install what the tests need (apt packages, Kubernetes test binaries)
 	./scripts/setup.sh
+
+k8s-tools: ## Build and cache the Kubernetes test binaries (etcd, kube-apiserver, helm)
+	./scripts/k8s-tools.sh build
+
+test-k8s: k8s-tools ## Only the Kubernetes tests (real etcd + kube-apiserver)
+	$(CARGO) test --workspace --locked --test e2e -- k8s_
 
 fmt-check: ## Fail when code is not rustfmt-formatted
 	$(CARGO) fmt --all -- --check

@@ -15,3 +15,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: missing ${need_apt[*]} and not root; tests that need them will fail" >&2
   fi
 fi
+
+# Kubernetes test binaries (etcd, kube-apiserver, helm, and kubectl when the machine has none),
+# built from the Go modules under tests/tools/ and cached outside the checkout. Quick when cached;
+# the first build takes many minutes (tests/README.md).
+./scripts/k8s-tools.sh build
