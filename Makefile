@@ -10,7 +10,7 @@ CARGO ?= cargo
 .PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 test: setup fmt-check clippy deny-openssl unit ## The whole suite: formatting, lints, dependency checks, every test
 
