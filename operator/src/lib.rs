@@ -1,1 +1,32 @@
 //! The LogCluster Kubernetes operator.
+//!
+//! It reconciles `LogCluster` resources ([`crd`]) into a StatefulSet of `lognode` pods and
+//! everything around it ([`resources`]), keeps their certificates current ([`certificates`]),
+//! scales the Raft cluster one member at a time through the nodes' admin API ([`scaling`],
+//! [`node_client`]) and reports what it sees ([`status`], [`metrics`]). [`controller`] wires it
+//! together; [`leader_election`] keeps two replicas from acting at once; [`rbac`] lists exactly
+//! the permissions all of this needs.
+#![forbid(unsafe_code)]
+
+pub mod certificates;
+pub mod config;
+pub mod controller;
+pub mod crd;
+mod error;
+pub mod leader_election;
+pub mod metrics;
+pub mod node_client;
+pub mod rbac;
+pub mod resources;
+pub mod scaling;
+pub mod status;
+pub mod units;
+
+pub use error::{Error, Result};
+
+#[cfg(test)]
+mod controller_tests;
+#[cfg(test)]
+mod crd_tests;
+#[cfg(test)]
+mod fixtures;
