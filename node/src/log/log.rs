@@ -18,7 +18,7 @@ use super::error::{Error, Result};
 use super::frame::{self, Entry, FrameHeader, HEADER_LEN, LogId};
 use super::index::ENTRY_WIDTH;
 use super::segment::{INDEX_EXT, STORE_EXT, Segment, parse_segment_file_name, segment_paths};
-use super::store::{Store, StoreFile, check_frame};
+use super::store::{Store, StoreFile, check_first_frame_len, check_frame};
 
 const LOCK_FILE: &str = "LOCK";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -933,6 +933,9 @@ fn read_chunk(chunk: &Chunk, out: &mut Vec<Entry>) -> Result<()> {
             "chunk too large",
         ));
     };
+    // A multi-frame chunk is bounded by the caller's byte budget; a single frame's length comes
+    // from the index alone, so check it against the frame before allocating.
+    check_first_frame_len(&chunk.file, chunk.start, len as u64, chunk.count > 1)?;
     let mut buf = vec![0u8; len];
     chunk.file.read_exact_at(&mut buf, chunk.start)?;
     let bytes = Bytes::from(buf);

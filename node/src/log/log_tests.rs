@@ -321,6 +321,12 @@ fn read_range_honours_entry_and_byte_limits_across_segments() {
     );
     assert_eq!(r(2, 100, 5 * F as usize + 3), all[2..7]);
     assert_eq!(r(8, 100, usize::MAX), all[8..], "stops at the end");
+    assert_eq!(
+        r(4, usize::MAX, usize::MAX),
+        all[4..],
+        "no limits, from mid-segment"
+    );
+    assert_eq!(r(5, usize::MAX, 3 * F as usize), all[5..8]);
     // A first frame larger than the budget is still returned, alone.
     log.append(&[entry(10, 1, 300)]).unwrap();
     assert_eq!(r(9, 100, 100), all[9..10]);

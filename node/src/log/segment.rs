@@ -292,7 +292,8 @@ impl Segment {
         // Binary search for the largest end entry within the byte budget; positions increase
         // in a valid index (a damaged one is caught when the frames are checked).
         let mut lo = rel + 1;
-        let mut hi = (rel + max_entries.max(1)).min(self.index.len());
+        // NB: saturating: callers pass `u64::MAX` for "no entry limit".
+        let mut hi = rel.saturating_add(max_entries.max(1)).min(self.index.len());
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
             if self.position(mid)?.saturating_sub(start) <= max_bytes {
@@ -360,6 +361,114 @@ fn check_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::frame::{self, Entry, EntryKind};
+
+    /// Creates segment `base` holding frames with the given payload sizes; returns it and the
+    /// frame positions.
+    fn segment_with(dir: &Path, base: u64, sizes: &[usize]) -> (Segment, Vec<u64>) {
+        let mut segment = Segment::create(dir, base, 1200).unwrap();
+        let mut buf = Vec::new();
+        let mut positions = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            positions.push(buf.len() as u64);
+            let entry = Entry {
+                index: base + i as u64,
+                term: 1,
+                kind: EntryKind::Data,
+                timestamp_ms: 0,
+                payload: vec![7; len].into(),
+            };
+            frame::encode_into(&entry, &mut buf);
+        }
+        segment.store.shared().write_all_at(&buf, 0).unwrap();
+        segment.store.set_size(buf.len() as u64);
+        for (i, &pos) in positions.iter().enumerate() {
+            segment.index.push(i as u32, pos);
+        }
+        (segment, positions)
+    }
+
+    #[test]
+    fn span_takes_as_many_frames_as_the_budget_allows_and_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // Frames of 43, 53, 63, 73 bytes at 0, 43, 96, 159; store ends at 232.
+        let (segment, positions) = segment_with(dir.path(), 100, &[10, 20, 30, 40]);
+        assert_eq!(positions, vec![0, 43, 96, 159]);
+        assert_eq!(segment.span(100, 10, 1000).unwrap(), (0, 232, 4));
+        assert_eq!(segment.span(100, 2, 1000).unwrap(), (0, 96, 2));
+        assert_eq!(segment.span(101, 10, 116).unwrap(), (43, 159, 2));
+        assert_eq!(segment.span(101, 10, 115).unwrap(), (43, 96, 1));
+        assert_eq!(
+            segment.span(102, 10, 0).unwrap(),
+            (96, 159, 1),
+            "at least one"
+        );
+        assert_eq!(
+            segment.span(101, u64::MAX, u64::MAX).unwrap(),
+            (43, 232, 3),
+            "no limits"
+        );
+        assert_eq!(segment.locate(103).unwrap(), (159, 73));
+    }
+
+    #[test]
+    fn an_index_entry_that_disagrees_is_reported_as_corruption_of_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut segment, _) = segment_with(dir.path(), 0, &[1, 2]);
+        segment.index.truncate(1);
+        segment.index.push(5, 44); // wrong relative offset
+        let err = segment.locate(1).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, position: 12, .. } if path == segment.index.path()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn recovering_the_active_segment_cuts_the_torn_tail_and_rebuilds_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, positions) = segment_with(dir.path(), 10, &[5, 6, 7]);
+        let torn = positions[2] + 20;
+        segment.store.shared().set_len(torn).unwrap();
+        drop(segment);
+        let (segment, recovery) = Segment::recover_active(dir.path(), 10, 1200, false).unwrap();
+        assert_eq!((segment.base(), segment.end()), (10, 12));
+        assert_eq!(recovery.truncated_bytes, 20);
+        assert_eq!(segment.store.size(), positions[2]);
+        assert_eq!(segment.last().map(|h| h.index), Some(11));
+        assert_eq!(
+            segment.locate(11).unwrap(),
+            (positions[1], positions[2] - positions[1])
+        );
+        assert!(!segment.index.is_sealed());
+    }
+
+    #[test]
+    fn a_sealed_segment_with_a_bad_index_is_rebuilt_and_with_a_bad_store_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut segment, positions) = segment_with(dir.path(), 0, &[5, 6, 7]);
+        segment.index.seal().unwrap();
+        drop(segment);
+        let (store_path, index_path) = segment_paths(dir.path(), 0);
+        let good_index = std::fs::read(&index_path).unwrap();
+        assert_eq!(good_index.len(), 36);
+
+        std::fs::write(&index_path, &good_index[..24]).unwrap();
+        let segment = Segment::open_checked(dir.path(), 0, 1200, false, false).unwrap();
+        assert_eq!(segment.end(), 3);
+        assert_eq!(std::fs::read(&index_path).unwrap(), good_index, "rebuilt");
+        drop(segment);
+
+        let mut store = std::fs::read(&store_path).unwrap();
+        store[positions[1] as usize + 30] ^= 1;
+        std::fs::write(&store_path, &store).unwrap();
+        std::fs::write(&index_path, &good_index[..24]).unwrap();
+        let err = Segment::open_checked(dir.path(), 0, 1200, false, false).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, position, .. } if *path == store_path && *position == positions[1]),
+            "{err}"
+        );
+    }
 
     #[test]
     fn file_names_are_the_base_offset_padded_to_20_digits() {

@@ -157,6 +157,7 @@ impl Store {
                 "frame length overflows",
             ));
         };
+        check_first_frame_len(file, position, len, false)?;
         let mut buf = vec![0u8; len_usize];
         file.read_exact_at(&mut buf, position)?;
         let header =
@@ -252,6 +253,37 @@ pub(crate) fn open_read_write(path: &Path) -> Result<(File, u64)> {
     Ok((file, len))
 }
 
+/// Above this many bytes, a read first checks the frame's own length field against the length
+/// the index implies, so that a damaged index cannot make a reader allocate and read gigabytes.
+const LARGE_READ: u64 = 64 << 10;
+
+/// For reads of more than [`LARGE_READ`] bytes at `position`, checks the length field of the
+/// frame there before the big read: it must be exactly `len`, or at most `len` when `within`
+/// (a run of several frames).
+pub(crate) fn check_first_frame_len(
+    file: &StoreFile,
+    position: u64,
+    len: u64,
+    within: bool,
+) -> Result<()> {
+    if len <= LARGE_READ {
+        return Ok(());
+    }
+    let mut prefix = [0u8; PREFIX_LEN];
+    file.read_exact_at(&mut prefix, position)?;
+    let frame_len = frame::peek_frame_len(&prefix)
+        .map_err(|e| Error::corrupt(&file.path, position, e.to_string()))?;
+    if frame_len == len || (within && frame_len < len) {
+        Ok(())
+    } else {
+        Err(Error::corrupt(
+            &file.path,
+            position,
+            format!("frame is {frame_len} bytes but the index implies {len}"),
+        ))
+    }
+}
+
 /// Checks that a decoded frame is the one the index promised.
 pub(crate) fn check_frame(
     file: &StoreFile,
@@ -331,6 +363,19 @@ mod tests {
             Store::read_frame(store.shared(), 0, len + 1, 10),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_damaged_length_from_the_index_is_refused_before_a_huge_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(&dir.path().join("s.store")).unwrap();
+        write_frames(&mut store, &[entry(0, 10)]);
+        // An index claiming a 1 TiB frame: checked against the frame's own length first.
+        let err = Store::read_frame(store.shared(), 0, 1 << 40, 0).unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { reason, .. } if reason.contains("index implies")),
+            "{err}"
+        );
     }
 
     #[test]
