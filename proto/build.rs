@@ -19,5 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         .file_descriptor_set_path(out_dir.join("logcluster_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
+    // proglog's own layout, generated on its own (same package name, separate directory), so
+    // tests can prove an unmodified proglog client works against our server.
+    let proglog_dir = out_dir.join("proglog");
+    std::fs::create_dir_all(&proglog_dir)?;
+    println!("cargo:rerun-if-changed=testdata/proglog_log.proto");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .out_dir(&proglog_dir)
+        .compile_protos(&["testdata/proglog_log.proto"], &["testdata"])?;
     Ok(())
 }

@@ -116,114 +116,190 @@ fn unix_seconds(time: SystemTime) -> i64 {
 
 /// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully.
 pub async fn run(config: NodeConfig) -> Result<()> {
-    tls::install_default_crypto_provider();
-    let metrics = Metrics::new(config.node_id);
-
-    let tls_files = ReloadingTlsFiles::load(config.tls.clone())
-        .with_context(|| format!("loading the node's TLS files {:?}", config.tls))?;
-    tls_files.spawn_watcher(RELOAD_INTERVAL);
-    metrics.set_certificate_not_after(CertificateRole::Node, unix_seconds(tls_files.not_after()));
-    let authorizer =
-        CasbinAuthorizer::from_files(config.acl_model_file.as_deref(), &config.acl_policy_file)
-            .await
-            .with_context(|| {
-                format!(
-                    "loading the ACL policy {}",
-                    config.acl_policy_file.display()
-                )
-            })?;
-    authorizer.spawn_watcher(RELOAD_INTERVAL);
-    let access = AccessControl::new(Arc::new(authorizer));
-
-    let log_dir = config.data_dir.join("log");
-    let log = {
-        let dir = log_dir.clone();
-        let log_config = config.log.clone();
-        tokio::task::spawn_blocking(move || Log::open(&dir, log_config))
-            .await
-            .context("opening the commit log")?
-            .with_context(|| format!("opening the commit log in {}", log_dir.display()))?
-    };
-    {
-        let log = log.clone();
-        metrics.register_log_stats(Arc::new(move || {
-            let stats = log.stats();
-            LogGauges {
-                first_offset: stats.first_offset,
-                next_offset: stats.next_offset,
-                segments: stats.segments as u64,
-                segment_bytes: stats.store_bytes + stats.index_bytes,
-            }
-        }));
-    }
-    let backend: Arc<dyn CommitLog> = Arc::new(LocalLog::new(
-        log.clone(),
-        config.node_id,
-        config.advertise_addr.clone(),
-    ));
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (readiness_tx, readiness) = watch::channel(Readiness::default());
-
-    let http_listener = TcpListener::bind(config.http_listen_addr)
-        .await
-        .with_context(|| format!("binding the HTTP port {}", config.http_listen_addr))?;
-    let http_task = tokio::spawn(http::serve(
-        http_listener,
-        HttpState {
-            metrics: metrics.clone(),
-            readiness,
-        },
-        wait_for(shutdown_rx.clone()),
-    ));
-
-    let service = LogService::new(backend, access, LogServiceLimits::default());
-    let routes = GrpcRoutes::new(service)
-        .await
-        .context("building the gRPC services")?;
-    let health = routes.health();
-    let grpc_listener = TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", config.listen_addr))?;
-    let incoming = tls::tls_incoming(
-        grpc_listener,
-        tls_files
-            .server_config()
-            .context("building the TLS server configuration")?,
-        tls::DEFAULT_HANDSHAKE_TIMEOUT,
-    );
-    let grpc_task =
-        tokio::spawn(routes.serve(incoming, metrics.clone(), wait_for(shutdown_rx.clone())));
-    readiness_tx.send_replace(Readiness::ready());
-    tracing::info!(
-        node_id = config.node_id,
-        grpc = %config.listen_addr,
-        advertise = %config.advertise_addr,
-        http = %config.http_listen_addr,
-        first_offset = log.first_offset(),
-        next_offset = log.next_offset(),
-        "node is serving"
-    );
-
+    let node = RunningNode::start(config).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight calls");
-    readiness_tx.send_replace(Readiness::not_ready("shutting down"));
-    health
-        .set_not_serving::<logcluster_api::log_v1::log_server::LogServer<LogService>>()
-        .await;
-    let _ = shutdown_tx.send(true);
-    match grpc_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
-        Err(e) => tracing::error!(error = %e, "the gRPC server task failed"),
+    node.shutdown().await
+}
+
+/// A started node: its servers run in the background until [`RunningNode::shutdown`].
+pub struct RunningNode {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    tls_files: ReloadingTlsFiles,
+    authorizer: CasbinAuthorizer,
+    metrics: Metrics,
+    log: Log,
+    health: tonic_health::server::HealthReporter,
+    readiness: watch::Sender<Readiness>,
+    shutdown: watch::Sender<bool>,
+    grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Opens the log and starts serving. Listen addresses with port 0 get a free port
+    /// ([`RunningNode::grpc_addr`] says which).
+    pub async fn start(config: NodeConfig) -> Result<Self> {
+        tls::install_default_crypto_provider();
+        let metrics = Metrics::new(config.node_id);
+
+        let tls_files = ReloadingTlsFiles::load(config.tls.clone())
+            .with_context(|| format!("loading the node's TLS files {:?}", config.tls))?;
+        let mut background = vec![tls_files.spawn_watcher(RELOAD_INTERVAL)];
+        metrics
+            .set_certificate_not_after(CertificateRole::Node, unix_seconds(tls_files.not_after()));
+        let authorizer =
+            CasbinAuthorizer::from_files(config.acl_model_file.as_deref(), &config.acl_policy_file)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the ACL policy {}",
+                        config.acl_policy_file.display()
+                    )
+                })?;
+        background.push(authorizer.spawn_watcher(RELOAD_INTERVAL));
+        let access = AccessControl::new(Arc::new(authorizer.clone()));
+
+        let log_dir = config.data_dir.join("log");
+        let log = {
+            let dir = log_dir.clone();
+            let log_config = config.log.clone();
+            tokio::task::spawn_blocking(move || Log::open(&dir, log_config))
+                .await
+                .context("opening the commit log")?
+                .with_context(|| format!("opening the commit log in {}", log_dir.display()))?
+        };
+        {
+            let log = log.clone();
+            metrics.register_log_stats(Arc::new(move || {
+                let stats = log.stats();
+                LogGauges {
+                    first_offset: stats.first_offset,
+                    next_offset: stats.next_offset,
+                    segments: stats.segments as u64,
+                    segment_bytes: stats.store_bytes + stats.index_bytes,
+                }
+            }));
+        }
+        let backend: Arc<dyn CommitLog> = Arc::new(LocalLog::new(
+            log.clone(),
+            config.node_id,
+            config.advertise_addr.clone(),
+            metrics.clone(),
+        ));
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (readiness, readiness_rx) = watch::channel(Readiness::default());
+
+        let http_listener = TcpListener::bind(config.http_listen_addr)
+            .await
+            .with_context(|| format!("binding the HTTP port {}", config.http_listen_addr))?;
+        let http_addr = http_listener.local_addr()?;
+        let http_task = tokio::spawn(http::serve(
+            http_listener,
+            HttpState {
+                metrics: metrics.clone(),
+                readiness: readiness_rx,
+            },
+            wait_for(shutdown_rx.clone()),
+        ));
+
+        let service = LogService::new(backend, access, LogServiceLimits::default());
+        let routes = GrpcRoutes::new(service)
+            .await
+            .context("building the gRPC services")?;
+        let health = routes.health();
+        let grpc_listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding the gRPC port {}", config.listen_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let incoming = tls::tls_incoming(
+            grpc_listener,
+            tls_files
+                .server_config()
+                .context("building the TLS server configuration")?,
+            tls::DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let grpc_task =
+            tokio::spawn(routes.serve(incoming, metrics.clone(), wait_for(shutdown_rx.clone())));
+        readiness.send_replace(Readiness::ready());
+        tracing::info!(
+            node_id = config.node_id,
+            grpc = %grpc_addr,
+            advertise = %config.advertise_addr,
+            http = %http_addr,
+            first_offset = log.first_offset(),
+            next_offset = log.next_offset(),
+            "node is serving"
+        );
+        Ok(RunningNode {
+            grpc_addr,
+            http_addr,
+            tls_files,
+            authorizer,
+            metrics,
+            log,
+            health,
+            readiness,
+            shutdown,
+            grpc_task,
+            http_task,
+            background,
+        })
     }
-    let _ = http_task.await;
-    tokio::task::spawn_blocking(move || log.close())
-        .await
-        .context("closing the commit log")?
-        .context("closing the commit log")?;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// Where the gRPC server listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the health/metrics server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The node's TLS material (reloads from disk periodically; `reload_now` forces it).
+    pub fn tls_files(&self) -> &ReloadingTlsFiles {
+        &self.tls_files
+    }
+
+    /// The node's ACL (reloads from disk periodically; `reload_now` forces it).
+    pub fn authorizer(&self) -> &CasbinAuthorizer {
+        &self.authorizer
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting, drains in-flight calls, closes the log.
+    pub async fn shutdown(self) -> Result<()> {
+        tracing::info!("shutting down: draining in-flight calls");
+        self.readiness
+            .send_replace(Readiness::not_ready("shutting down"));
+        self.health
+            .set_not_serving::<logcluster_api::log_v1::log_server::LogServer<LogService>>()
+            .await;
+        let _ = self.shutdown.send(true);
+        match self.grpc_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
+            Err(e) => tracing::error!(error = %e, "the gRPC server task failed"),
+        }
+        let _ = self.http_task.await;
+        for task in self.background {
+            task.abort();
+        }
+        let log = self.log;
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .context("closing the commit log")?
+            .context("closing the commit log")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

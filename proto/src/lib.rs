@@ -24,3 +24,10 @@ pub mod errors;
 
 pub mod client;
 pub use client::{ClientConfig, ClientError, ClientTls, LogClient};
+
+/// A client generated from proglog's own `log.v1` layout (not ours): tests use it to prove
+/// wire compatibility. Not part of the supported API.
+#[doc(hidden)]
+pub mod proglog_v1 {
+    include!(concat!(env!("OUT_DIR"), "/proglog/log.v1.rs"));
+}

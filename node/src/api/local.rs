@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
 use crate::log::{Entry, EntryKind, Error as LogError, Log};
+use crate::telemetry::metrics::Metrics;
 
 /// Most append requests one group commit takes.
 const MAX_GROUP: usize = 4096;
@@ -33,13 +34,13 @@ pub struct LocalLog {
 
 impl LocalLog {
     /// Serves `log`, reporting itself as node `id` at `rpc_addr` in `GetServers`.
-    pub fn new(log: Log, id: u64, rpc_addr: String) -> Self {
+    pub fn new(log: Log, id: u64, rpc_addr: String, metrics: Metrics) -> Self {
         let (committed_tx, committed) = watch::channel(log.next_offset());
         let (appends, requests) = std_mpsc::channel();
         let writer_log = log.clone();
         std::thread::Builder::new()
             .name("local-log-writer".into())
-            .spawn(move || write_loop(writer_log, requests, committed_tx))
+            .spawn(move || write_loop(writer_log, requests, committed_tx, metrics))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the log writer thread"));
         let servers = watch::Sender::new(Arc::new(vec![ServerInfo {
@@ -69,6 +70,7 @@ fn write_loop(
     log: Log,
     requests: std_mpsc::Receiver<AppendRequest>,
     committed: watch::Sender<u64>,
+    metrics: Metrics,
 ) {
     // Blocks until a request arrives; ends when every LocalLog handle is gone.
     while let Ok(first) = requests.recv() {
@@ -97,10 +99,19 @@ fn write_loop(
             }
             offsets.push((start..next).collect::<Vec<u64>>());
         }
+        let bytes: u64 = entries.iter().map(|e| e.payload.len() as u64).sum();
         let result = log
             .append_unsynced(&entries)
-            .and_then(|_| log.sync())
+            .and_then(|_| {
+                let started = std::time::Instant::now();
+                let durable = log.sync();
+                metrics.observe_fsync(started.elapsed());
+                durable
+            })
             .map_err(backend_error);
+        if result.is_ok() {
+            metrics.record_append(entries.len() as u64, bytes);
+        }
         match result {
             Ok(durable) => {
                 committed.send_replace(durable);

@@ -2,3 +2,4 @@
 //! drive them directly.
 
 pub mod certs;
+pub mod client;

@@ -1,0 +1,47 @@
+//! `logctl`: the LogCluster command line. See `logctl --help`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use logcluster_node::cli::{certs, client};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "logctl",
+    version,
+    about = "LogCluster command line: produce, consume, inspect the cluster, manage certificates",
+    long_about = "LogCluster command line.\n\nClient commands connect over mutual TLS: give the CA \
+and your client certificate with --ca/--cert/--key (or LOGCLUSTER_CA, LOGCLUSTER_CERT, \
+LOGCLUSTER_KEY) and any node's address with --addr (LOGCLUSTER_ADDR)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Append records (arguments, or one per line of standard input); prints their offsets.
+    Produce(client::ProduceArgs),
+    /// Print committed records from an offset, up to the end or following the tail.
+    Consume(client::ConsumeArgs),
+    /// List the cluster's members, their roles and the leader.
+    Servers(client::ServersArgs),
+    /// Create a CA and issue node and client certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Produce(args) => client::produce(args).await,
+            Command::Consume(args) => client::consume(args).await,
+            Command::Servers(args) => client::servers(args).await,
+            Command::Certs(command) => certs::run(command),
+        }
+    })
+}
