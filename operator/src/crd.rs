@@ -149,7 +149,7 @@ pub struct StorageSpec {
     /// existing claims, which needs a storage class that allows volume expansion.
     #[serde(default = "default_storage_size")]
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).sign() > 0")
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
         .message("storage.size must be a positive quantity such as 10Gi"))]
     pub size: String,
 

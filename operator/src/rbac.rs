@@ -24,11 +24,12 @@ pub fn rules() -> Vec<PolicyRule> {
         rule(
             "logcluster.io",
             &["logclusters"],
-            &["get", "list", "watch", "patch"],
+            &["list", "watch", "patch"],
         ),
         // Status through server-side apply.
         rule("logcluster.io", &["logclusters/status"], &["patch"]),
-        // Owned objects: server-side apply (create-or-update is a PATCH) and watches.
+        // Owned objects: server-side apply and watches. NB: an apply that creates the object
+        // needs `create` besides `patch` (checked by the RBAC test against a real API server).
         rule(
             "apps",
             &["statefulsets"],

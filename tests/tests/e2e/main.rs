@@ -5,3 +5,4 @@
 //! `cargo test -p logcluster-tests --test e2e k8s_`.
 
 mod k8s_harness;
+mod k8s_operator;
