@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 export LOGCLUSTER_TOOLS_DIR ?= /var/tmp/logcluster-tools
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s
+.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ deny-openssl: ## Fail if OpenSSL or aws-lc ever enters the dependency tree
 
 unit: ## Every test in the workspace
 	$(CARGO) test --workspace --locked
+
+crds: ## Regenerate crds/logcluster.yaml from the operator's Rust types (a unit test fails on drift)
+	$(CARGO) run --quiet --locked -p logcluster-operator --bin crdgen > crds/logcluster.yaml
 
 build: ## Debug build of every binary
 	$(CARGO) build --workspace --locked
