@@ -337,7 +337,17 @@ impl Log {
     /// [`Log::truncate_from`] when the first offset is 0). A no-op when nothing follows `offset`;
     /// `OutOfRange` when `offset + 1 < first_offset()`.
     pub fn truncate_after(&self, offset: u64) -> Result<()> {
-        self.inner.truncate_from(offset.saturating_add(1))
+        // Report the offset the caller passed, not the first one dropped.
+        self.inner
+            .truncate_from(offset.saturating_add(1))
+            .map_err(|e| match e {
+                Error::OutOfRange { first, next, .. } => Error::OutOfRange {
+                    offset,
+                    first,
+                    next,
+                },
+                other => other,
+            })
     }
 
     /// Drops `offset` and every entry after it (`truncate_after(offset - 1)`, also for

@@ -388,6 +388,18 @@ fn truncating_to_before_the_first_entry_empties_the_log() {
         matches!(
             err,
             Error::OutOfRange {
+                offset: 1,
+                first: 3,
+                next: 8
+            }
+        ),
+        "{err}"
+    );
+    let err = log.truncate_from(2).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OutOfRange {
                 offset: 2,
                 first: 3,
                 next: 8
