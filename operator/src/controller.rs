@@ -24,8 +24,8 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use rand::RngCore;
 use serde::Serialize;
@@ -244,6 +244,7 @@ fn claim_ordinal(claim: &str, names: &ClusterNames) -> Option<u32> {
         .ok()
 }
 
+/// The cluster's volume claims that are not being deleted.
 async fn cluster_claims(
     api: &Api<PersistentVolumeClaim>,
     names: &ClusterNames,
@@ -259,6 +260,9 @@ async fn cluster_claims(
         .items
         .into_iter()
         .filter(|c| claim_ordinal(&c.name_any(), names).is_some())
+        // A claim already being deleted (held by its pvc-protection finalizer while a pod uses
+        // it) needs nothing more: deleting it again would only repeat Events.
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
         .collect())
 }
 
@@ -932,24 +936,36 @@ async fn run_scope(ctx: Arc<Context>, namespace: Option<String>) {
         owned.clone(),
     )
     .touched_objects();
-    Controller::new(
+    // NB: LogClusters trigger a reconcile only when their generation (spec, deletion) or
+    // finalizers change. The operator writes the status on every reconcile, and member lag
+    // changes under load: reacting to its own status writes would reconcile in a hot loop.
+    let (reader, writer) = reflector::store();
+    let logclusters = watcher(
         api_for::<LogCluster>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
-    .owns(api_for::<Service>(&client, ns), owned.clone())
-    .owns(api_for::<ConfigMap>(&client, ns), owned.clone())
-    .owns(api_for::<PodDisruptionBudget>(&client, ns), owned.clone())
-    .owns_stream(secrets)
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(object = %object_name(&object), "reconciled"),
-            Err(e) => tracing::debug!(error = %e, "reconcile error"),
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        PredicateConfig::default(),
+    );
+    Controller::for_stream(logclusters, reader)
+        .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api_for::<Service>(&client, ns), owned.clone())
+        .owns(api_for::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api_for::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns_stream(secrets)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(object = %object_name(&object), "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
 }
 
 fn object_name(object: &ObjectRef<LogCluster>) -> String {

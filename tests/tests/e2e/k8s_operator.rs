@@ -184,6 +184,48 @@ fn lc_yaml(name: &str, spec: &str) -> String {
     )
 }
 
+/// A namespace of the shared control plane with an in-process operator watching it.
+struct Fixture {
+    cp: &'static ControlPlane,
+    ns: String,
+    client: kube::Client,
+    operator: Operator,
+}
+
+impl Fixture {
+    /// An operator whose nodes never answer.
+    async fn new(prefix: &str) -> Result<Self> {
+        Self::with_nodes(prefix, unreachable_nodes()).await
+    }
+
+    async fn with_nodes(prefix: &str, connector: Arc<dyn NodeConnector>) -> Result<Self> {
+        let cp = control_plane()?;
+        let ns = cp.create_namespace(prefix)?;
+        let client = cp.kube_client().await?;
+        let operator = start_operator(client.clone(), &ns, connector);
+        Ok(Fixture {
+            cp,
+            ns,
+            client,
+            operator,
+        })
+    }
+
+    /// Applies a LogCluster `name` with this spec (YAML indented by two spaces).
+    fn apply(&self, name: &str, spec: &str) -> Result<()> {
+        let out = apply_yaml(self.cp, &self.ns, &lc_yaml(name, spec));
+        ensure!(out.status.success(), "applying {name}: {}", stderr(&out));
+        Ok(())
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+}
+
 async fn get_lc(api: &Api<LogCluster>, name: &str) -> Result<LogCluster> {
     Ok(api.get(name).await?)
 }
@@ -445,15 +487,13 @@ fn assert_owned_by(meta: &ObjectMeta, lc: &LogCluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Result<()> {
-    let cp = control_plane()?;
-    let ns = cp.create_namespace("lc-owned")?;
-    let client = cp.kube_client().await?;
-    let _operator = start_operator(client.clone(), &ns, unreachable_nodes());
+    let f = Fixture::new("lc-owned").await?;
+    let (cp, ns, client) = (f.cp, &f.ns, &f.client);
     let minimal = std::fs::read_to_string(format!("{EXAMPLES}/minimal.yaml"))?;
-    let out = apply_yaml(cp, &ns, &minimal);
+    let out = apply_yaml(cp, ns, &minimal);
     ensure!(out.status.success(), "{}", stderr(&out));
 
-    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), &ns);
+    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), ns);
     let lc = wait_for("the first status", || async {
         let lc = get_lc(&lcs, "demo").await?;
         Ok(lc
@@ -471,7 +511,7 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
             .any(|f| f == "logcluster.io/cleanup")
     );
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     for name in [
         "demo-ca",
         "demo-node-tls",
@@ -543,7 +583,7 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
     assert_eq!(user.subject_common_name.as_deref(), Some("app"));
 
     // ConfigMap: node configuration and the ACL, no key material.
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get("demo-config")
         .await?;
     assert_owned_by(&cm.metadata, &lc)?;
@@ -561,7 +601,7 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
     }
 
     // Services, StatefulSet, PDB.
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let headless = services.get("demo-nodes").await?;
     assert_owned_by(&headless.metadata, &lc)?;
     let spec = headless.spec.context("headless spec")?;
@@ -570,7 +610,7 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
         (Some("None"), Some(true))
     );
     assert_owned_by(&services.get("demo").await?.metadata, &lc)?;
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
         .get("demo")
         .await?;
     assert_owned_by(&sts.metadata, &lc)?;
@@ -598,7 +638,7 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
             env.name
         );
     }
-    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
         .get("demo")
         .await?;
     assert_owned_by(&pdb.metadata, &lc)?;
@@ -632,7 +672,7 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
     // Removing a user removes its certificate Secret.
     let out = apply_yaml(
         cp,
-        &ns,
+        ns,
         &lc_yaml("demo", "  replicas: 3\n  storage:\n    size: 1Gi\n"),
     );
     ensure!(out.status.success(), "{}", stderr(&out));
@@ -649,16 +689,10 @@ async fn k8s_operator_reconciles_a_logcluster_into_every_owned_object() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_operator_status_follows_the_statefulset_status() -> Result<()> {
-    let cp = control_plane()?;
-    let ns = cp.create_namespace("lc-status")?;
-    let client = cp.kube_client().await?;
-    let _operator = start_operator(client.clone(), &ns, unreachable_nodes());
-    ensure!(
-        apply_yaml(cp, &ns, &lc_yaml("demo", "  replicas: 1\n"))
-            .status
-            .success()
-    );
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let f = Fixture::new("lc-status").await?;
+    let (ns, client) = (&f.ns, &f.client);
+    f.apply("demo", "  replicas: 1\n")?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     wait_for("the StatefulSet", || async {
         Ok(statefulsets.get_opt("demo").await?)
     })
@@ -668,7 +702,7 @@ async fn k8s_operator_status_follows_the_statefulset_status() -> Result<()> {
         json!({"status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": ready,
             "currentReplicas": 1, "updatedReplicas": 1, "availableReplicas": ready}})
     };
-    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), &ns);
+    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), ns);
     let follow = |ready: i32| {
         let lcs = lcs.clone();
         async move {
@@ -719,14 +753,12 @@ async fn k8s_operator_status_follows_the_statefulset_status() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_operator_renews_certificates_before_they_expire() -> Result<()> {
-    let cp = control_plane()?;
-    let ns = cp.create_namespace("lc-renew")?;
-    let client = cp.kube_client().await?;
-    let _operator = start_operator(client.clone(), &ns, unreachable_nodes());
+    let f = Fixture::new("lc-renew").await?;
+    let (ns, client) = (&f.ns, &f.client);
     // Renewal is due 5 s after issuance.
     let spec = "  replicas: 1\n  tls:\n    validity: 10m\n    renewBefore: 9m55s\n";
-    ensure!(apply_yaml(cp, &ns, &lc_yaml("demo", spec)).status.success());
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    f.apply("demo", spec)?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let serial = |s: Secret| -> Result<String> {
         Ok(logcluster_certs::inspect(&secret_text(&s, "tls.crt")?)?.serial_hex)
     };
@@ -743,7 +775,7 @@ async fn k8s_operator_renews_certificates_before_they_expire() -> Result<()> {
     })
     .await?;
     ensure!(renewed != first);
-    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), &ns);
+    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), ns);
     wait_for("CertificatesReady reason Renewed", || async {
         let lc = get_lc(&lcs, "demo").await?;
         Ok(
@@ -752,7 +784,7 @@ async fn k8s_operator_renews_certificates_before_they_expire() -> Result<()> {
         )
     })
     .await?;
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
     wait_for("a CertificateRenewed Event", || async {
         let list = events.list(&ListParams::default()).await?;
         Ok(list
@@ -767,28 +799,18 @@ async fn k8s_operator_renews_certificates_before_they_expire() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_operator_paused_clusters_are_reported_but_not_changed() -> Result<()> {
-    let cp = control_plane()?;
-    let ns = cp.create_namespace("lc-paused")?;
-    let client = cp.kube_client().await?;
-    let _operator = start_operator(client.clone(), &ns, unreachable_nodes());
-    ensure!(
-        apply_yaml(cp, &ns, &lc_yaml("demo", "  replicas: 1\n"))
-            .status
-            .success()
-    );
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let f = Fixture::new("lc-paused").await?;
+    let (cp, ns, client) = (f.cp, &f.ns, &f.client);
+    f.apply("demo", "  replicas: 1\n")?;
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
     wait_for("the client Service", || async {
         Ok(services.get_opt("demo").await?)
     })
     .await?;
 
     let paused = "  replicas: 1\n  paused: true\n  service:\n    type: NodePort\n";
-    ensure!(
-        apply_yaml(cp, &ns, &lc_yaml("demo", paused))
-            .status
-            .success()
-    );
-    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), &ns);
+    f.apply("demo", paused)?;
+    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), ns);
     wait_for("Progressing reason Paused", || async {
         let lc = get_lc(&lcs, "demo").await?;
         let seen = lc.status.as_ref().and_then(|s| s.observed_generation) == lc.metadata.generation;
@@ -805,7 +827,7 @@ async fn k8s_operator_paused_clusters_are_reported_but_not_changed() -> Result<(
     ensure!(
         apply_yaml(
             cp,
-            &ns,
+            ns,
             &lc_yaml("demo", "  replicas: 1\n  service:\n    type: NodePort\n")
         )
         .status
@@ -821,16 +843,14 @@ async fn k8s_operator_paused_clusters_are_reported_but_not_changed() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_operator_deletion_runs_the_finalizer_and_honours_pvc_retention() -> Result<()> {
-    let cp = control_plane()?;
-    let ns = cp.create_namespace("lc-delete")?;
-    let client = cp.kube_client().await?;
-    let _operator = start_operator(client.clone(), &ns, unreachable_nodes());
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), &ns);
+    let f = Fixture::new("lc-delete").await?;
+    let (_cp, ns, client) = (f.cp, &f.ns, &f.client);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), ns);
     for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
         let spec =
             format!("  replicas: 1\n  storage:\n    pvcRetention:\n      whenDeleted: {policy}\n");
-        ensure!(apply_yaml(cp, &ns, &lc_yaml(name, &spec)).status.success());
+        f.apply(name, &spec)?;
         wait_for("the finalizer", || async {
             let lc = get_lc(&lcs, name).await?;
             Ok(lc
@@ -870,7 +890,7 @@ async fn k8s_operator_deletion_runs_the_finalizer_and_honours_pvc_retention() ->
             }
         }
     }
-    let events = Api::<Event>::namespaced(client, &ns)
+    let events = Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await?;
     ensure!(
@@ -1303,20 +1323,14 @@ async fn wait_steady(lcs: &Api<LogCluster>, replicas: usize) -> Result<LogCluste
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> Result<()> {
-    let cp = control_plane()?;
-    let ns = cp.create_namespace("lc-scale")?;
-    let client = cp.kube_client().await?;
     let sim = SimCluster::default();
-    let (sts_task, seen) = statefulset_controller(client.clone(), &ns, sim.clone());
-    let mut operator = start_operator(client.clone(), &ns, Arc::new(sim.clone()));
-    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), &ns);
+    let mut f = Fixture::with_nodes("lc-scale", Arc::new(sim.clone())).await?;
+    let (cp, ns, client) = (f.cp, &f.ns, &f.client);
+    let (sts_task, seen) = statefulset_controller(client.clone(), ns, sim.clone());
+    let lcs: Api<LogCluster> = Api::namespaced(client.clone(), ns);
 
     // Bootstrap: node 0 is initialized once, then nodes join one at a time.
-    ensure!(
-        apply_yaml(cp, &ns, &lc_yaml("demo", "  replicas: 3\n"))
-            .status
-            .success()
-    );
+    f.apply("demo", "  replicas: 3\n")?;
     let lc = wait_steady(&lcs, 3).await?;
     ensure!(lc.status.as_ref().is_some_and(|s| s.initialized));
     // Nodes 1 and 2 joined by gossip: the only admin call was the one Initialize.
@@ -1326,7 +1340,7 @@ async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> 
         lc.status.as_ref().and_then(|s| s.leader.clone()).as_deref(),
         Some("demo-0")
     );
-    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
         .get("demo")
         .await?;
     assert_eq!(
@@ -1335,7 +1349,7 @@ async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> 
     );
 
     // Up to 5 through the scale subresource.
-    cp.kubectl_ok(["-n", &ns, "scale", "lc/demo", "--replicas=5"])?;
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=5"])?;
     wait_steady(&lcs, 5).await?;
     assert_eq!(*seen.lock().unwrap(), [1, 2, 3, 4, 5]);
 
@@ -1343,7 +1357,7 @@ async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> 
     // a new one finishes the job.
     sim.state().leader = 4;
     sim.state().calls.clear();
-    cp.kubectl_ok(["-n", &ns, "scale", "lc/demo", "--replicas=3"])?;
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
     wait_for("the first removal", || async {
         Ok(sim
             .state()
@@ -1353,15 +1367,15 @@ async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> 
             .then_some(()))
     })
     .await?;
-    drop(operator);
-    operator = start_operator(client.clone(), &ns, Arc::new(sim.clone()));
+    // Replacing the operator aborts the old one.
+    f.operator = start_operator(client.clone(), ns, Arc::new(sim.clone()));
     wait_steady(&lcs, 3).await?;
     assert_eq!(sim.state().calls, ["transfer 4->0", "remove 4", "remove 3"]);
     assert_eq!(*seen.lock().unwrap(), [1, 2, 3, 4, 5, 4, 3]);
 
     // A scale-down that would break the quorum is refused, with the reason, until it would not.
     sim.state().unhealthy.insert(1);
-    cp.kubectl_ok(["-n", &ns, "scale", "lc/demo", "--replicas=2"])?;
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=2"])?;
     let lc = wait_for("the refusal in status", || async {
         let lc = get_lc(&lcs, "demo").await?;
         let blocked = lc
@@ -1379,16 +1393,17 @@ async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> 
         .map(|s| s.message.clone())
         .unwrap_or_default();
     ensure!(message.contains("quorum"), "{message}");
-    let events = Api::<Event>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?;
-    ensure!(
-        events
+    // The Event follows the status write.
+    let events: Api<Event> = f.api();
+    wait_for("a ScalingBlocked Event", || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
             .items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("ScalingBlocked")),
-        "no ScalingBlocked Event"
-    );
+            .any(|e| e.reason.as_deref() == Some("ScalingBlocked"))
+            .then_some(()))
+    })
+    .await?;
     assert_eq!(
         *seen.lock().unwrap(),
         [1, 2, 3, 4, 5, 4, 3],
@@ -1397,7 +1412,6 @@ async fn k8s_operator_scales_a_simulated_raft_cluster_one_member_at_a_time() -> 
     sim.state().unhealthy.clear();
     wait_steady(&lcs, 2).await?;
 
-    drop(operator);
     sts_task.abort();
     let violations = sim.state().violations.clone();
     ensure!(violations.is_empty(), "protocol violations: {violations:?}");
