@@ -9,7 +9,6 @@ mod telemetry_support;
 
 use std::time::Duration;
 
-use logcluster_api::log_v1::ConsumeRequest;
 use logcluster_node::config::LogFormat;
 use logcluster_node::telemetry;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -23,7 +22,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use telemetry_support::{STREAM_ONE_THEN_DATA_LOSS, TestServer, produce_request};
+use telemetry_support::{STREAM_ONE_THEN_DATA_LOSS, TestServer, consume_request, produce_request};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -117,9 +116,7 @@ fn rpc_spans_reach_the_otlp_collector_with_the_rpc_fields() {
             .offset;
         assert_eq!(offset, 5);
         let mut stream = client
-            .consume_stream(ConsumeRequest {
-                offset: STREAM_ONE_THEN_DATA_LOSS,
-            })
+            .consume_stream(consume_request(STREAM_ONE_THEN_DATA_LOSS))
             .await
             .expect("stream")
             .into_inner();

@@ -6,11 +6,10 @@ mod telemetry_support;
 
 use logcluster_api::admin_v1::ClusterStatusRequest;
 use logcluster_api::admin_v1::admin_client::AdminClient;
-use logcluster_api::log_v1::ConsumeRequest;
 use serde_json::Value;
 use telemetry_support::{
     STREAM_ONE_THEN_DATA_LOSS, STREAM_ONE_THEN_FOREVER, STREAM_TWO_THEN_WAIT, TestServer, capture,
-    produce_request,
+    consume_request, produce_request,
 };
 use tokio_stream::StreamExt as _;
 
@@ -64,7 +63,7 @@ async fn a_unary_error_is_logged_once_with_its_code_from_the_trailers_only_respo
     let mut client = server.client("unary-error").await;
 
     let status = client
-        .consume(ConsumeRequest { offset: 9 })
+        .consume(consume_request(9))
         .await
         .expect_err("past the end");
     assert_eq!(status.code(), tonic::Code::OutOfRange);
@@ -94,9 +93,7 @@ async fn a_server_stream_is_logged_once_when_it_ends_with_its_count() {
     let mut client = server.client("stream-ok").await;
 
     let mut stream = client
-        .consume_stream(ConsumeRequest {
-            offset: STREAM_TWO_THEN_WAIT,
-        })
+        .consume_stream(consume_request(STREAM_TWO_THEN_WAIT))
         .await
         .expect("stream")
         .into_inner();
@@ -128,9 +125,7 @@ async fn a_stream_that_fails_midway_is_logged_with_the_code_from_its_trailers() 
     let mut client = server.client("stream-error").await;
 
     let mut stream = client
-        .consume_stream(ConsumeRequest {
-            offset: STREAM_ONE_THEN_DATA_LOSS,
-        })
+        .consume_stream(consume_request(STREAM_ONE_THEN_DATA_LOSS))
         .await
         .expect("stream")
         .into_inner();
@@ -157,9 +152,7 @@ async fn a_client_that_goes_away_mid_stream_is_logged_once_as_cancelled() {
     let mut client = server.client("stream-cancelled").await;
 
     let mut stream = client
-        .consume_stream(ConsumeRequest {
-            offset: STREAM_ONE_THEN_FOREVER,
-        })
+        .consume_stream(consume_request(STREAM_ONE_THEN_FOREVER))
         .await
         .expect("stream")
         .into_inner();
@@ -230,12 +223,9 @@ async fn rpcs_are_counted_by_method_and_code() {
     let mut client = server.client("metrics").await;
     client.produce(produce_request("a")).await.expect("produce");
     client.produce(produce_request("b")).await.expect("produce");
+    client.consume(consume_request(0)).await.expect("consume");
     client
-        .consume(ConsumeRequest { offset: 0 })
-        .await
-        .expect("consume");
-    client
-        .consume(ConsumeRequest { offset: 99 })
+        .consume(consume_request(99))
         .await
         .expect_err("out of range");
     // A service this server does not have: its path must not become a label value.

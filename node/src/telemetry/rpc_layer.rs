@@ -533,6 +533,71 @@ mod tests {
         assert_eq!(attached.count(), Some(4));
     }
 
+    fn requests_total(metrics: &Metrics, method: &str, code: &str) -> Option<String> {
+        let series =
+            format!(r#"logcluster_rpc_requests_total{{method="{method}",code="{code}"}} "#);
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series).map(str::to_owned))
+    }
+
+    fn request(path: &str) -> http::Request<tonic::body::Body> {
+        http::Request::builder()
+            .uri(path)
+            .body(tonic::body::Body::empty())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_the_handler_answers_counts_as_cancelled() {
+        let metrics = Metrics::new(1);
+        let handler = tower::service_fn(|_request: http::Request<tonic::body::Body>| {
+            std::future::pending::<
+                Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            >()
+        });
+        let mut service = RpcLayer::new(metrics.clone()).layer(handler);
+        // Boxed, so that dropping it drops the future (a stack pin would outlive the drop).
+        let mut call = Box::pin(service.call(request("/log.v1.Log/Produce")));
+        assert!(futures::poll!(call.as_mut()).is_pending());
+        assert_eq!(
+            requests_total(&metrics, "log.v1.Log/Produce", "CANCELLED"),
+            None
+        );
+        drop(call);
+        assert_eq!(
+            requests_total(&metrics, "log.v1.Log/Produce", "CANCELLED").as_deref(),
+            Some("1")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http_error_without_grpc_status_gets_the_grpc_code_a_client_would_see() {
+        let metrics = Metrics::new(1);
+        let handler = tower::service_fn(|_request: http::Request<tonic::body::Body>| async {
+            let response = http::Response::builder()
+                .status(http::StatusCode::SERVICE_UNAVAILABLE)
+                .body(tonic::body::Body::empty())
+                .expect("response");
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = RpcLayer::new(metrics.clone()).layer(handler);
+        let response = service
+            .call(request("/log.v1.Log/Consume"))
+            .await
+            .expect("infallible");
+        // Finished with the headers: nothing is left for the body to report.
+        drop(response);
+        assert_eq!(
+            requests_total(&metrics, "log.v1.Log/Consume", "UNAVAILABLE").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            requests_total(&metrics, "log.v1.Log/Consume", "CANCELLED"),
+            None
+        );
+    }
+
     #[test]
     fn code_names_are_the_canonical_grpc_names() {
         assert_eq!(code_name(Code::Ok), "OK");

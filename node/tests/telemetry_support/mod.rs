@@ -313,6 +313,15 @@ pub fn produce_request(value: &str) -> ProduceRequest {
     }
 }
 
+/// A consume request for `offset` (whatever else the message grows stays at its default).
+#[allow(clippy::needless_update)]
+pub fn consume_request(offset: u64) -> ConsumeRequest {
+    ConsumeRequest {
+        offset,
+        ..ConsumeRequest::default()
+    }
+}
+
 /// Every line the process-wide subscriber wrote, parsed (the subscriber writes JSON).
 pub struct Capture {
     lines: Mutex<Vec<serde_json::Value>>,
