@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes test binaries (etcd, kube-apiserver, helm) from Go modules and caches them
-# by version outside the checkout, so a fresh clone or a second worktree reuses them.
+# Builds the Kubernetes test binaries (etcd, kube-apiserver, kube-controller-manager, helm) from Go
+# modules and caches them by version outside the checkout, so a fresh clone or a second worktree
+# reuses them.
 #
-# Usage: scripts/k8s-tools.sh [build [TOOL...]]   build what is missing (default: etcd,
-#                                                 kube-apiserver, helm; kubectl if none)
+# Usage: scripts/k8s-tools.sh [build [TOOL...]]   build what is missing (default: all of the
+#                                                 above; kubectl too where the machine has none)
 #        scripts/k8s-tools.sh path TOOL          print where TOOL's binary is (or would be)
 #
 # Cache: ${LOGCLUSTER_TOOLS_DIR:-/var/tmp/logcluster-tools}/<tool>-<version>/<binary>, next to a
@@ -19,7 +20,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS_SRC="$ROOT/tests/tools"
 TOOLS_DIR="${LOGCLUSTER_TOOLS_DIR:-/var/tmp/logcluster-tools}"
-ALL_TOOLS=(etcd kube-apiserver helm)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager helm)
 # Bumped when the build recipe below changes in a way the hashed files do not show.
 RECIPE=1
 
@@ -84,7 +85,7 @@ tool_spec() {
         LDFLAGS+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=$k8s_minor"
       done
       ;;
-    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]} kubectl kube-controller-manager)" ;;
+    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]} kubectl)" ;;
   esac
   OUT_DIR="$TOOLS_DIR/$1-$VERSION"
   OUT="$OUT_DIR/$BIN"

@@ -127,6 +127,11 @@ pub struct ControlPlaneOptions {
     pub start_timeout: Duration,
     /// Extra `kube-apiserver` flags, appended after the harness's own (a later flag wins).
     pub apiserver_args: Vec<String>,
+    /// kube-controller-manager controllers to run (its `--controllers` names, such as
+    /// `garbagecollector` or `namespace`). Empty, the default, runs no controller-manager.
+    /// NB: `statefulset` would fight tests that patch StatefulSet status themselves, and pods it
+    /// creates are never scheduled.
+    pub controllers: Vec<String>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -134,6 +139,7 @@ impl Default for ControlPlaneOptions {
         Self {
             start_timeout: Duration::from_secs(180),
             apiserver_args: Vec::new(),
+            controllers: Vec::new(),
         }
     }
 }
@@ -150,7 +156,7 @@ const PORT_ATTEMPTS: u32 = 3;
 pub struct ControlPlane {
     root: PathBuf,
     dir: Mutex<Option<TempDir>>,
-    /// etcd first, then the API server: stopped in reverse.
+    /// etcd, the API server, then the controller-manager if any: stopped in reverse.
     processes: Mutex<Vec<ChildProcess>>,
     server: String,
     kubeconfig: PathBuf,
@@ -172,6 +178,11 @@ impl ControlPlane {
         let deadline = Instant::now() + options.start_timeout;
         let etcd = Tool::Etcd.path()?;
         let apiserver = Tool::KubeApiserver.path()?;
+        let controller_manager = if options.controllers.is_empty() {
+            None
+        } else {
+            Some(Tool::KubeControllerManager.path()?)
+        };
         remove_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
@@ -185,7 +196,7 @@ impl ControlPlane {
         let pki = pki::Pki::generate(&pki_dir, KUBERNETES_SERVICE_IP)?;
 
         let mut attempt = 1;
-        let (processes, port) = loop {
+        let (mut processes, port) = loop {
             match start_processes(&etcd, &apiserver, &root, &pki, &options, attempt, deadline) {
                 Ok(started) => break started,
                 Err(Error::ExitedEarly { tail, .. })
@@ -200,6 +211,11 @@ impl ControlPlane {
         let kubeconfig = root.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &pki.files)?;
         let probe = ApiProbe::new(port, &pki)?;
+        if let Some(binary) = controller_manager {
+            let manager =
+                start_controller_manager(&binary, &root, &pki, &kubeconfig, &options, deadline)?;
+            processes.push(manager);
+        }
         Ok(Self {
             root,
             dir: Mutex::new(Some(dir)),
@@ -228,7 +244,8 @@ impl ControlPlane {
         &self.pki
     }
 
-    /// Process ids of etcd and the API server (empty once stopped).
+    /// Process ids of etcd, the API server and the controller-manager if any (empty once
+    /// stopped).
     pub fn pids(&self) -> Vec<u32> {
         let processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         processes.iter().map(ChildProcess::pid).collect()
@@ -397,7 +414,7 @@ impl ControlPlane {
             .map_err(|e| Error::io(&described, e))
     }
 
-    /// Stops the API server, then etcd, and removes the directory (unless
+    /// Stops the controller-manager if any, the API server, then etcd, and removes the directory (unless
     /// `LOGCLUSTER_K8S_KEEP` is set). Idempotent; `Drop` calls it.
     pub fn stop(&self) {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
@@ -537,6 +554,54 @@ fn start_processes(
         })?;
     }
     Ok((processes, secure))
+}
+
+/// Starts kube-controller-manager with `options.controllers` and waits for its `/healthz`.
+fn start_controller_manager(
+    binary: &Path,
+    root: &Path,
+    pki: &pki::Pki,
+    kubeconfig: &Path,
+    options: &ControlPlaneOptions,
+    deadline: Instant,
+) -> Result<ChildProcess> {
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::io("finding a free loopback port", e))?
+        .port();
+    let f = &pki.files;
+    let file_arg = |flag: &str, path: &Path| format!("--{flag}={}", path.display());
+    let mut cmd = Command::new(binary);
+    cmd.arg(file_arg("kubeconfig", kubeconfig))
+        .arg(format!("--controllers={}", options.controllers.join(",")))
+        .arg("--leader-elect=false")
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={port}"))
+        // Serving with the API server's certificate (valid for 127.0.0.1) lets the harness's
+        // probe, which trusts only the test CA, check /healthz.
+        .arg(file_arg("tls-cert-file", &f.serving_cert))
+        .arg(file_arg("tls-private-key-file", &f.serving_key))
+        .arg(file_arg("root-ca-file", &f.ca_cert))
+        .arg(file_arg(
+            "service-account-private-key-file",
+            &f.service_account_key,
+        ))
+        .arg("--use-service-account-credentials=false")
+        .arg("--profiling=false");
+    let log = root.join("kube-controller-manager.log");
+    let mut processes = vec![ChildProcess::spawn("kube-controller-manager", cmd, &log)?];
+    let probe = ApiProbe::new(port, pki)?;
+    wait_until(
+        &mut processes,
+        deadline,
+        "kube-controller-manager /healthz",
+        || {
+            let (status, body) = probe.request("GET", "/healthz", None)?;
+            let short: String = body.chars().take(300).collect();
+            Ok((status == 200, format!("{status} {short}")))
+        },
+    )?;
+    Ok(processes.pop().expect("one process"))
 }
 
 /// Polls `check` until it reports ready, a process exits, or `deadline` passes. `check` returns

@@ -20,6 +20,7 @@ pub const DEFAULT_TOOLS_DIR: &str = "/var/tmp/logcluster-tools";
 pub enum Tool {
     Etcd,
     KubeApiserver,
+    KubeControllerManager,
     Helm,
     Kubectl,
 }
@@ -35,6 +36,7 @@ impl Tool {
         match self {
             Tool::Etcd => "etcd",
             Tool::KubeApiserver => "kube-apiserver",
+            Tool::KubeControllerManager => "kube-controller-manager",
             Tool::Helm => "helm",
             Tool::Kubectl => "kubectl",
         }
@@ -45,17 +47,20 @@ impl Tool {
         match self {
             Tool::Etcd => "LOGCLUSTER_ETCD",
             Tool::KubeApiserver => "LOGCLUSTER_KUBE_APISERVER",
+            Tool::KubeControllerManager => "LOGCLUSTER_KUBE_CONTROLLER_MANAGER",
             Tool::Helm => "LOGCLUSTER_HELM",
             Tool::Kubectl => "LOGCLUSTER_KUBECTL",
         }
     }
 
-    /// The version the committed `go.mod` pins (kubectl is built, when the machine has none,
-    /// from the same module as kube-apiserver).
+    /// The version the committed `go.mod` pins (kube-controller-manager, and kubectl when the
+    /// machine has none, are built from the same module as kube-apiserver).
     pub fn version(self) -> &'static str {
         let (go_mod, module) = match self {
             Tool::Etcd => (ETCD_GO_MOD, "go.etcd.io/etcd/server/v3"),
-            Tool::KubeApiserver | Tool::Kubectl => (KUBE_GO_MOD, "k8s.io/kubernetes"),
+            Tool::KubeApiserver | Tool::KubeControllerManager | Tool::Kubectl => {
+                (KUBE_GO_MOD, "k8s.io/kubernetes")
+            }
             Tool::Helm => (HELM_GO_MOD, "helm.sh/helm/v3"),
         };
         required_version(go_mod, module).unwrap_or_else(|| {

@@ -352,3 +352,59 @@ fn running(pid: u32) -> bool {
             .starts_with('Z')
     })
 }
+
+#[test]
+fn k8s_controller_manager_option_collects_garbage_and_finishes_namespace_deletion() -> Result<()> {
+    // Without it, owner references and namespace deletion are never acted on (see the module
+    // docs); operator tests that need either start a private control plane like this one.
+    let cp = ControlPlane::start_with(k8s::ControlPlaneOptions {
+        controllers: vec!["garbagecollector".into(), "namespace".into()],
+        ..Default::default()
+    })?;
+    assert_eq!(
+        cp.pids().len(),
+        3,
+        "expected etcd, kube-apiserver, kube-controller-manager"
+    );
+    let ns = cp.create_namespace("gc")?;
+    cp.kubectl_ok(["-n", &ns, "create", "configmap", "owner"])?;
+    let uid = cp.kubectl_ok([
+        "-n",
+        &ns,
+        "get",
+        "configmap",
+        "owner",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    let owned = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "owned", "ownerReferences": [
+            { "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid }
+        ]},
+    });
+    let out = cp.kubectl_with_stdin(["-n", &ns, "create", "-f", "-"], &owned.to_string())?;
+    ensure!(
+        out.status.success(),
+        "creating the owned Secret: {}",
+        stderr(&out)
+    );
+
+    cp.kubectl_ok(["-n", &ns, "delete", "configmap", "owner"])?;
+    cp.kubectl_ok([
+        "-n",
+        &ns,
+        "wait",
+        "--for=delete",
+        "secret/owned",
+        "--timeout=90s",
+    ])?;
+    cp.kubectl_ok(["delete", "namespace", &ns, "--wait=false"])?;
+    cp.kubectl_ok([
+        "wait",
+        "--for=delete",
+        &format!("namespace/{ns}"),
+        "--timeout=90s",
+    ])?;
+    Ok(())
+}
