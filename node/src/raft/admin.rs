@@ -13,11 +13,13 @@ use std::time::Duration;
 use logcluster_api::admin_v1::admin_client::AdminClient;
 use logcluster_api::admin_v1::admin_server::{Admin, AdminServer};
 use logcluster_api::admin_v1::{
-    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse, InitializeRequest,
-    InitializeResponse, Member, MemberRole, MemberStatus, RemoveNodeRequest, RemoveNodeResponse,
-    TransferLeaderRequest, TransferLeaderResponse,
+    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse,
+    InitializeRequest, InitializeResponse, Member, MemberRole, MemberStatus, RemoveNodeRequest,
+    RemoveNodeResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
-use openraft::errors::{ChangeMembershipError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::errors::{
+    ChangeMembershipError, ClientWriteError, Fatal, InitializeError, RaftError,
+};
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
 use tonic::{Request, Response, Status};
 
@@ -61,7 +63,9 @@ pub struct ClusterAdmin {
 
 impl std::fmt::Debug for ClusterAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterAdmin").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("ClusterAdmin")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,7 +76,13 @@ enum Route {
 }
 
 impl ClusterAdmin {
-    pub fn new(node_id: NodeId, raft: Raft, log: Log, channels: PeerChannels, timeouts: AdminTimeouts) -> Self {
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft,
+        log: Log,
+        channels: PeerChannels,
+        timeouts: AdminTimeouts,
+    ) -> Self {
         ClusterAdmin {
             node_id,
             raft,
@@ -90,20 +100,28 @@ impl ClusterAdmin {
     fn route(&self) -> Result<Route, Status> {
         let metrics = self.metrics();
         match metrics.current_leader {
-            Some(id) if id == self.node_id && metrics.state == ServerState::Leader => Ok(Route::Here),
-            Some(id) if id != self.node_id => match metrics.membership_config.membership().get_node(&id) {
-                Some(node) => Ok(Route::Leader(id, node.addr.clone())),
-                None => Err(Status::from(BackendError::NotLeader {
-                    leader_id: Some(id),
-                    leader_addr: None,
-                    not_applied: true,
-                })),
-            },
+            Some(id) if id == self.node_id && metrics.state == ServerState::Leader => {
+                Ok(Route::Here)
+            }
+            Some(id) if id != self.node_id => {
+                match metrics.membership_config.membership().get_node(&id) {
+                    Some(node) => Ok(Route::Leader(id, node.addr.clone())),
+                    None => Err(Status::from(BackendError::NotLeader {
+                        leader_id: Some(id),
+                        leader_addr: None,
+                        not_applied: true,
+                    })),
+                }
+            }
             _ => Err(Status::from(BackendError::NoLeader)),
         }
     }
 
-    fn leader_client(&self, leader: NodeId, addr: &str) -> Result<AdminClient<tonic::transport::Channel>, Status> {
+    fn leader_client(
+        &self,
+        leader: NodeId,
+        addr: &str,
+    ) -> Result<AdminClient<tonic::transport::Channel>, Status> {
         self.channels
             .channel(addr)
             .map(AdminClient::new)
@@ -131,7 +149,8 @@ impl ClusterAdmin {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 let metrics = self.metrics();
-                let current: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+                let current: BTreeSet<NodeId> =
+                    metrics.membership_config.membership().voter_ids().collect();
                 let requested: BTreeSet<NodeId> = members.keys().copied().collect();
                 if current == requested {
                     Ok(false)
@@ -150,7 +169,12 @@ impl ClusterAdmin {
 
     /// Adds `node` as a learner and, with `promote`, makes it a voter once it has caught up.
     /// Returns the index of the membership entry that made (or already reflects) the change.
-    pub async fn add_node(&self, node: Member, promote: bool, forwarded: bool) -> Result<u64, Status> {
+    pub async fn add_node(
+        &self,
+        node: Member,
+        promote: bool,
+        forwarded: bool,
+    ) -> Result<u64, Status> {
         check_addr(&node.rpc_addr)?;
         match self.route()? {
             Route::Here => {}
@@ -188,19 +212,24 @@ impl ClusterAdmin {
             }
         }
         if !is_voter {
-            let added = tokio::time::timeout(self.timeouts.catch_up, self.raft.add_learner(id, Node::new(addr), promote))
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "node {id} did not catch up within {:?}; retry to keep waiting",
-                        self.timeouts.catch_up
-                    ))
-                })?
-                .map_err(write_error)?;
+            let added = tokio::time::timeout(
+                self.timeouts.catch_up,
+                self.raft.add_learner(id, Node::new(addr), promote),
+            )
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "node {id} did not catch up within {:?}; retry to keep waiting",
+                    self.timeouts.catch_up
+                ))
+            })?
+            .map_err(write_error)?;
             index = added.log_id.index;
         }
         if promote {
-            index = self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+            index = self
+                .change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                .await?;
         }
         Ok(index)
     }
@@ -255,15 +284,27 @@ impl ClusterAdmin {
         };
         let index = self.change(change).await?;
         // A removed voter stays a learner until its node entry goes too.
-        if self.metrics().membership_config.membership().get_node(&id).is_some() {
-            return self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await;
+        if self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+        {
+            return self
+                .change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await;
         }
         Ok(index)
     }
 
     /// Moves leadership to voter `to` (or the most up-to-date other voter) and returns the new
     /// leader once it leads.
-    pub async fn transfer_leader(&self, to: Option<NodeId>, forwarded: bool) -> Result<NodeId, Status> {
+    pub async fn transfer_leader(
+        &self,
+        to: Option<NodeId>,
+        forwarded: bool,
+    ) -> Result<NodeId, Status> {
         match self.route()? {
             Route::Here => {}
             Route::Leader(leader, _) if to == Some(leader) => return Ok(leader),
@@ -283,7 +324,9 @@ impl ClusterAdmin {
             Some(id) if id == self.node_id => return Ok(id),
             Some(id) if voters.contains(&id) => id,
             Some(id) => {
-                return Err(Status::failed_precondition(format!("node {id} is not a voter")));
+                return Err(Status::failed_precondition(format!(
+                    "node {id} is not a voter"
+                )));
             }
             None => most_up_to_date(&metrics, &voters, self.node_id)
                 .ok_or_else(|| Status::failed_precondition("there is no other voter to lead"))?,
@@ -298,7 +341,9 @@ impl ClusterAdmin {
             m.current_leader.is_some_and(|leader| leader != me)
         })
         .await
-        .map_err(|e| Status::deadline_exceeded(format!("leadership did not move to node {target}: {e}")))?;
+        .map_err(|e| {
+            Status::deadline_exceeded(format!("leadership did not move to node {target}: {e}"))
+        })?;
         moved
             .current_leader
             .ok_or_else(|| Status::unavailable("no leader after the transfer"))
@@ -364,17 +409,24 @@ impl ClusterAdmin {
 
     /// Proposes a membership change and waits for it to commit; returns its log index.
     async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, Status> {
-        let response = tokio::time::timeout(self.timeouts.change, self.raft.change_membership(change, false))
-            .await
-            .map_err(|_| Status::deadline_exceeded("the membership change did not commit in time; retry"))?
-            .map_err(write_error)?;
+        let response = tokio::time::timeout(
+            self.timeouts.change,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded("the membership change did not commit in time; retry")
+        })?
+        .map_err(write_error)?;
         Ok(response.log_id.index)
     }
 }
 
 fn check_addr(addr: &str) -> Result<(), Status> {
     if addr.is_empty() || !addr.contains(':') {
-        return Err(Status::invalid_argument(format!("rpc_addr {addr:?} is not host:port")));
+        return Err(Status::invalid_argument(format!(
+            "rpc_addr {addr:?} is not host:port"
+        )));
     }
     Ok(())
 }
@@ -384,7 +436,11 @@ fn membership_index(metrics: &RaftMetrics<TypeConfig>) -> u64 {
 }
 
 /// The voter other than `me` with the highest matched index (the leader's view).
-fn most_up_to_date(metrics: &RaftMetrics<TypeConfig>, voters: &BTreeSet<NodeId>, me: NodeId) -> Option<NodeId> {
+fn most_up_to_date(
+    metrics: &RaftMetrics<TypeConfig>,
+    voters: &BTreeSet<NodeId>,
+    me: NodeId,
+) -> Option<NodeId> {
     let matched = |id: &NodeId| {
         metrics
             .replication
@@ -401,9 +457,10 @@ fn most_up_to_date(metrics: &RaftMetrics<TypeConfig>, voters: &BTreeSet<NodeId>,
 
 fn forwarded_request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    request.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     request
 }
 
@@ -434,15 +491,15 @@ fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
     match e {
         RaftError::Fatal(fatal) => fatal_status(fatal),
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f)) => {
-            match (f.leader_id, f.leader_node) {
-                (Some(id), Some(node)) => not_leader(id, &node.addr),
-                _ => Status::from(BackendError::NoLeader),
-            }
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e @ ChangeMembershipError::InProgress(_))) => {
-            Status::aborted(format!("{e}; retry once it has committed"))
-        }
+        RaftError::APIError(
+            ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
+        ) => match (f.leader_id, f.leader_node) {
+            (Some(id), Some(node)) => not_leader(id, &node.addr),
+            _ => Status::from(BackendError::NoLeader),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            e @ ChangeMembershipError::InProgress(_),
+        )) => Status::aborted(format!("{e}; retry once it has committed")),
         RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
     }
 }
@@ -470,29 +527,44 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeResponse>, Status> {
+    async fn initialize(
+        &self,
+        request: Request<InitializeRequest>,
+    ) -> Result<Response<InitializeResponse>, Status> {
         self.access.check(&request, action::ADMIN)?;
         let initialized = self.admin.initialize(request.into_inner().voters).await?;
         Ok(Response::new(InitializeResponse { initialized }))
     }
 
-    async fn add_node(&self, request: Request<AddNodeRequest>) -> Result<Response<AddNodeResponse>, Status> {
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<AddNodeResponse>, Status> {
         self.access.check(&request, action::ADMIN)?;
         let forwarded = is_forwarded(&request);
         let request = request.into_inner();
         let node = request
             .node
             .ok_or_else(|| Status::invalid_argument("AddNodeRequest.node is required"))?;
-        let index = self.admin.add_node(node, request.promote_to_voter, forwarded).await?;
+        let index = self
+            .admin
+            .add_node(node, request.promote_to_voter, forwarded)
+            .await?;
         Ok(Response::new(AddNodeResponse {
             membership_log_index: index,
         }))
     }
 
-    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
         self.access.check(&request, action::ADMIN)?;
         let forwarded = is_forwarded(&request);
-        let index = self.admin.remove_node(request.into_inner().node_id, forwarded).await?;
+        let index = self
+            .admin
+            .remove_node(request.into_inner().node_id, forwarded)
+            .await?;
         Ok(Response::new(RemoveNodeResponse {
             membership_log_index: index,
         }))
@@ -504,7 +576,10 @@ impl Admin for AdminService {
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         self.access.check(&request, action::ADMIN)?;
         let forwarded = is_forwarded(&request);
-        let new_leader_id = self.admin.transfer_leader(request.into_inner().node_id, forwarded).await?;
+        let new_leader_id = self
+            .admin
+            .transfer_leader(request.into_inner().node_id, forwarded)
+            .await?;
         Ok(Response::new(TransferLeaderResponse { new_leader_id }))
     }
 

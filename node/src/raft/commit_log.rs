@@ -45,7 +45,9 @@ pub struct RaftCommitLog {
 
 impl std::fmt::Debug for RaftCommitLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftCommitLog").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("RaftCommitLog")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,15 +89,21 @@ impl RaftCommitLog {
             timestamp_ms,
         });
         let write = async {
-            let results = self.raft.client_write_many(data).await.map_err(fatal_error)?;
+            let results = self
+                .raft
+                .client_write_many(data)
+                .await
+                .map_err(fatal_error)?;
             Ok::<_, BackendError>(results.collect::<Vec<_>>().await)
         };
-        let results = tokio::time::timeout(self.write_timeout, write).await.map_err(|_| {
-            BackendError::OutcomeUnknown(format!(
-                "the write was not committed within {:?} (the leader may have lost its quorum)",
-                self.write_timeout
-            ))
-        })??;
+        let results = tokio::time::timeout(self.write_timeout, write)
+            .await
+            .map_err(|_| {
+                BackendError::OutcomeUnknown(format!(
+                    "the write was not committed within {:?} (the leader may have lost its quorum)",
+                    self.write_timeout
+                ))
+            })??;
         self.offsets(results, count)
     }
 
@@ -112,7 +120,9 @@ impl RaftCommitLog {
             match result {
                 Ok(Ok(response)) => offsets.push(response.log_id.index),
                 Ok(Err(ClientWriteError::ForwardToLeader(forward))) => not_leader = Some(forward),
-                Ok(Err(e @ ClientWriteError::LogEntryDiscarded(_))) => unknown = Some(e.to_string()),
+                Ok(Err(e @ ClientWriteError::LogEntryDiscarded(_))) => {
+                    unknown = Some(e.to_string())
+                }
                 Ok(Err(e)) => unknown = Some(e.to_string()),
                 Err(fatal) => return Err(fatal_error(fatal)),
             }
@@ -132,6 +142,7 @@ impl RaftCommitLog {
     }
 
     fn not_leader(&self, forward: &ForwardToLeader<TypeConfig>) -> BackendError {
+        tracing::debug!(node_id = self.node_id, ?forward, "not the leader");
         match (&forward.leader_id, &forward.leader_node) {
             (Some(id), Some(node)) if *id != self.node_id => BackendError::NotLeader {
                 leader_id: Some(*id),
@@ -154,7 +165,12 @@ impl RaftCommitLog {
     }
 
     /// Sends `records` to the leader `leader_id` at `addr` and waits for its answer.
-    async fn forward(&self, leader_id: u64, addr: String, records: Vec<NewRecord>) -> Result<Vec<u64>, BackendError> {
+    async fn forward(
+        &self,
+        leader_id: u64,
+        addr: String,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<u64>, BackendError> {
         let count = records.len();
         let not_sent = |why: String| {
             tracing::debug!(leader_id, %addr, why, "could not forward a produce");
@@ -180,7 +196,9 @@ impl RaftCommitLog {
                     )))
                 }
             }
-            Ok(Err(status)) if is_connect_failure(&status) => Err(not_sent(status.message().to_owned())),
+            Ok(Err(status)) if is_connect_failure(&status) => {
+                Err(not_sent(status.message().to_owned()))
+            }
             Ok(Err(status)) => Err(error_from_leader(&status, leader_id, &addr)),
             Err(_) => Err(BackendError::OutcomeUnknown(format!(
                 "the leader (node {leader_id} at {addr}) did not answer within {:?}",
@@ -259,7 +277,12 @@ impl CommitLog for RaftCommitLog {
         }
     }
 
-    async fn read(&self, from: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, BackendError> {
+    async fn read(
+        &self,
+        from: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, BackendError> {
         let applied = *self.applied.borrow();
         let first = self.log.first_offset();
         if from >= applied || from < first {
@@ -269,7 +292,9 @@ impl CommitLog for RaftCommitLog {
                 next: applied,
             });
         }
-        let max_entries = max_entries.max(1).min(usize::try_from(applied - from).unwrap_or(usize::MAX));
+        let max_entries = max_entries
+            .max(1)
+            .min(usize::try_from(applied - from).unwrap_or(usize::MAX));
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
             .await
@@ -348,7 +373,11 @@ pub fn servers_from_metrics(metrics: &openraft::RaftMetrics<TypeConfig>) -> Vec<
 /// Keeps `servers` equal to [`servers_from_metrics`] until `raft` shuts down. Only real changes
 /// wake watchers (replication positions move with every write, so they are refreshed at most
 /// every `min_interval`).
-pub async fn publish_servers(raft: Raft, servers: watch::Sender<Arc<Vec<ServerInfo>>>, min_interval: Duration) {
+pub async fn publish_servers(
+    raft: Raft,
+    servers: watch::Sender<Arc<Vec<ServerInfo>>>,
+    min_interval: Duration,
+) {
     use openraft::async_runtime::WatchReceiver;
     let mut metrics = raft.metrics();
     loop {

@@ -19,7 +19,9 @@ use crate::log::{Entry, EntryKind};
 /// The commit-log entry that stores `entry`.
 pub fn to_log_entry(entry: &RaftEntry) -> io::Result<Entry> {
     let (kind, timestamp_ms, payload) = match &entry.payload {
-        EntryPayload::Normal(record) => (EntryKind::Data, record.timestamp_ms, record.value.clone()),
+        EntryPayload::Normal(record) => {
+            (EntryKind::Data, record.timestamp_ms, record.value.clone())
+        }
         EntryPayload::Blank => (EntryKind::Blank, 0, bytes::Bytes::new()),
         EntryPayload::Membership(membership) => {
             let json = serde_json::to_vec(membership).map_err(io::Error::other)?;
@@ -43,14 +45,17 @@ pub fn from_log_entry(entry: Entry) -> io::Result<RaftEntry> {
             timestamp_ms: entry.timestamp_ms,
         }),
         EntryKind::Blank => EntryPayload::Blank,
-        EntryKind::Membership => EntryPayload::Membership(decode_membership(&entry.payload).map_err(
-            |e| {
+        EntryKind::Membership => {
+            EntryPayload::Membership(decode_membership(&entry.payload).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("membership entry at index {} is not valid: {e}", entry.index),
+                    format!(
+                        "membership entry at index {} is not valid: {e}",
+                        entry.index
+                    ),
                 )
-            },
-        )?),
+            })?)
+        }
     };
     Ok(RaftEntry {
         log_id: log_id(entry.term, entry.index),
@@ -103,7 +108,10 @@ mod tests {
         ];
         for entry in entries {
             let stored = to_log_entry(&entry).expect("encode");
-            assert_eq!((stored.index, stored.term), (entry.log_id.index, entry.log_id.leader_id.term));
+            assert_eq!(
+                (stored.index, stored.term),
+                (entry.log_id.index, entry.log_id.leader_id.term)
+            );
             let back = from_log_entry(stored).expect("decode");
             assert_eq!(back, entry);
         }

@@ -54,7 +54,9 @@ struct Inner {
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("log", &self.inner.log).finish_non_exhaustive()
+        f.debug_struct("LogStore")
+            .field("log", &self.inner.log)
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,13 +118,21 @@ impl LogStore {
 
     /// Reads `[start, end)` clipped to what the log holds, at most `max_entries` / about
     /// `max_bytes` (always at least one entry when the clipped range is not empty).
-    async fn read(&self, start: u64, end: u64, max_entries: usize, max_bytes: usize) -> io::Result<Vec<RaftEntry>> {
+    async fn read(
+        &self,
+        start: u64,
+        end: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> io::Result<Vec<RaftEntry>> {
         let start = start.max(self.first_readable());
         let end = end.min(self.inner.log.next_offset());
         if start >= end {
             return Ok(Vec::new());
         }
-        let count = usize::try_from(end - start).unwrap_or(usize::MAX).min(max_entries);
+        let count = usize::try_from(end - start)
+            .unwrap_or(usize::MAX)
+            .min(max_entries);
         let log = self.inner.log.clone();
         let entries = blocking(move || match log.read_range(start, count, max_bytes) {
             Ok(entries) => Ok(entries),
@@ -135,7 +145,10 @@ impl LogStore {
     }
 
     async fn append_entries(&self, entries: Vec<RaftEntry>) -> io::Result<()> {
-        let frames = entries.iter().map(to_log_entry).collect::<io::Result<Vec<_>>>()?;
+        let frames = entries
+            .iter()
+            .map(to_log_entry)
+            .collect::<io::Result<Vec<_>>>()?;
         let Some(first) = frames.first().map(|f| f.index) else {
             return Ok(());
         };
@@ -191,7 +204,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut from = start;
         // `try_get_log_entries` must not stop early: read in chunks until the end.
         while from < end {
-            let chunk = self.read(from, end, MAX_READ_ENTRIES, MAX_READ_BYTES).await?;
+            let chunk = self
+                .read(from, end, MAX_READ_ENTRIES, MAX_READ_BYTES)
+                .await?;
             let Some(last) = chunk.last() else { break };
             from = last.log_id.index + 1;
             out.extend(chunk);
@@ -203,8 +218,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         Ok(*self.inner.vote.read())
     }
 
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<RaftEntry>, io::Error> {
-        self.read(start, end, MAX_READ_ENTRIES, MAX_READ_BYTES).await
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<RaftEntry>, io::Error> {
+        self.read(start, end, MAX_READ_ENTRIES, MAX_READ_BYTES)
+            .await
     }
 
     async fn entries_stream<RB>(
@@ -225,7 +245,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 if from >= end {
                     return None;
                 }
-                match store.read(from, end, MAX_READ_ENTRIES, MAX_READ_BYTES).await {
+                match store
+                    .read(from, end, MAX_READ_ENTRIES, MAX_READ_BYTES)
+                    .await
+                {
                     Ok(chunk) => {
                         let next = chunk.last().map(|e| e.log_id.index + 1);
                         let items: Vec<io::Result<RaftEntry>> = chunk.into_iter().map(Ok).collect();
@@ -245,7 +268,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.last_purged();
-        let last_entry = self.inner.log.last_entry().map(|id| log_id(id.term, id.index));
+        let last_entry = self
+            .inner
+            .log
+            .last_entry()
+            .map(|id| log_id(id.term, id.index));
         let last_log_id = match (last_entry, last_purged) {
             (Some(entry), Some(purged)) if entry.index > purged.index => Some(entry),
             (Some(_), Some(purged)) => Some(purged),
@@ -271,14 +298,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not flushed (see stable_store): an in-memory insert that sled persists in the background.
-        self.inner.stable.save_committed(committed.as_ref()).map_err(io::Error::from)
+        self.inner
+            .stable
+            .save_committed(committed.as_ref())
+            .map_err(io::Error::from)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         self.inner.stable.committed().map_err(io::Error::from)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -319,7 +353,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if upto.index + 1 >= log.next_offset() {
                 log.reset(upto.index + 1).map_err(io_error)
             } else {
-                log.purge_before(upto.index + 1).map(|_| ()).map_err(io_error)
+                log.purge_before(upto.index + 1)
+                    .map(|_| ())
+                    .map_err(io_error)
             }
         })
         .await
@@ -352,7 +388,9 @@ pub fn io_error(error: LogError) -> io::Error {
 }
 
 /// Runs blocking I/O on tokio's blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| io::Error::other(format!("blocking storage task failed: {e}")))?

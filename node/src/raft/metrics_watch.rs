@@ -34,6 +34,9 @@ pub async fn wait_until(
     .await;
     match waited {
         Ok(result) => result,
-        Err(_) => Err(format!("condition not met within {timeout:?}; last metrics: {}", current(raft))),
+        Err(_) => Err(format!(
+            "condition not met within {timeout:?}; last metrics: {}",
+            current(raft)
+        )),
     }
 }

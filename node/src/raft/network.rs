@@ -24,13 +24,16 @@ use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use logcluster_api::raft_v1::raft_client::RaftClient;
 use openraft::base::BoxStream;
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{
-    Backoff, NetBackoff, NetSnapshot, NetStreamAppend, NetTransferLeader, NetVote, RPCOption, RaftNetworkFactory,
+    Backoff, NetBackoff, NetSnapshot, NetStreamAppend, NetTransferLeader, NetVote, RPCOption,
+    RaftNetworkFactory,
 };
 use openraft::raft::{
-    AppendEntriesRequest, SnapshotResponse, StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RPCTypes};
 use parking_lot::Mutex;
@@ -66,7 +69,16 @@ struct ChannelsInner {
 impl std::fmt::Debug for PeerChannels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerChannels")
-            .field("peers", &self.inner.channels.lock().keys().cloned().collect::<Vec<_>>())
+            .field(
+                "peers",
+                &self
+                    .inner
+                    .channels
+                    .lock()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -104,7 +116,8 @@ impl PeerChannels {
             // Replication batches are large; do not let flow control throttle a fast follower.
             .initial_connection_window_size(Some(32 << 20))
             .initial_stream_window_size(Some(8 << 20));
-        let channel = endpoint.connect_with_connector_lazy(MarkedConnector(TlsConnector::new(config)));
+        let channel =
+            endpoint.connect_with_connector_lazy(MarkedConnector(TlsConnector::new(config)));
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -198,7 +211,12 @@ impl PeerClient {
     }
 
     /// Runs `call` with openraft's deadline and maps every failure.
-    async fn call<T, F>(&self, action: RPCTypes, option: &RPCOption, call: F) -> Result<T, RPCError<TypeConfig>>
+    async fn call<T, F>(
+        &self,
+        action: RPCTypes,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<T, RPCError<TypeConfig>>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -289,7 +307,11 @@ impl NetSnapshot<TypeConfig> for PeerClient {
             vote: Some(vote.to_pb()),
             meta: Some(snapshot.meta.to_pb()),
         };
-        let call = self.call(RPCTypes::InstallSnapshot, &option, client.install_snapshot(request));
+        let call = self.call(
+            RPCTypes::InstallSnapshot,
+            &option,
+            client.install_snapshot(request),
+        );
         let resp = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             resp = call => resp?,
@@ -305,7 +327,10 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> openraft::base::BoxFuture<
         's,
-        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
     >
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
@@ -314,7 +339,11 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
             let mut client = self.client()?;
             let requests = input.map(|req| req.to_pb());
             let responses = self
-                .call(RPCTypes::AppendEntries, &option, client.stream_append(requests))
+                .call(
+                    RPCTypes::AppendEntries,
+                    &option,
+                    client.stream_append(requests),
+                )
                 .await?;
             // A response is due for every request sent; if the follower stops answering for
             // this long, the stream is broken (keepalive would also notice a dead connection).

@@ -67,7 +67,11 @@ pub struct RaftNodeConfig {
 
 impl RaftNodeConfig {
     /// A configuration with the defaults: default log, 150 ms heartbeats, no retention.
-    pub fn new(node_id: u64, advertise_addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        node_id: u64,
+        advertise_addr: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
         RaftNodeConfig {
             node_id,
             advertise_addr: advertise_addr.into(),
@@ -107,7 +111,9 @@ impl RaftNodeConfig {
             allow_log_reversion: Some(false),
             ..Config::default()
         };
-        config.validate().map_err(|e| RaftNodeError::Config(e.to_string()))
+        config
+            .validate()
+            .map_err(|e| RaftNodeError::Config(e.to_string()))
     }
 }
 
@@ -139,7 +145,11 @@ impl RaftNode {
     /// Opens the log and the stable store in `config.data_dir`, builds openraft and starts the
     /// helper tasks. A node with a new data directory is not a member of anything: it does not
     /// vote until a cluster adds it (or [`RaftNode::bootstrap_if_new`] creates one).
-    pub async fn start(config: RaftNodeConfig, tls: ReloadingTlsFiles, metrics: Metrics) -> Result<RaftNode> {
+    pub async fn start(
+        config: RaftNodeConfig,
+        tls: ReloadingTlsFiles,
+        metrics: Metrics,
+    ) -> Result<RaftNode> {
         let raft_config = Arc::new(config.raft_config()?);
         let log_dir = config.data_dir.join(LOG_DIR);
         let state_dir = config.data_dir.join(STATE_DIR);
@@ -151,27 +161,40 @@ impl RaftNode {
                 Err(other) => RaftNodeError::Storage(other),
             })?;
         let dir = state_dir.clone();
-        let stable: Arc<dyn StableStore> =
-            Arc::new(blocking(move || SledStableStore::open(&dir).map_err(std::io::Error::from)).await?);
+        let stable: Arc<dyn StableStore> = Arc::new(
+            blocking(move || SledStableStore::open(&dir).map_err(std::io::Error::from)).await?,
+        );
         check_vote_not_lost(&log, stable.as_ref(), &state_dir)?;
 
         let sync_per_append = log.config().fsync == FsyncPolicy::Always;
-        let syncer = Arc::new(Syncer::start(log.clone(), sync_per_append, Some(metrics.clone()))?);
+        let syncer = Arc::new(Syncer::start(
+            log.clone(),
+            sync_per_append,
+            Some(metrics.clone()),
+        )?);
         let store_log = log.clone();
         let store_stable = Arc::clone(&stable);
         let store_syncer = Arc::clone(&syncer);
         let store_metrics = metrics.clone();
-        let log_store =
-            blocking(move || LogStore::open(store_log, store_stable, store_syncer, Some(store_metrics))).await?;
+        let log_store = blocking(move || {
+            LogStore::open(store_log, store_stable, store_syncer, Some(store_metrics))
+        })
+        .await?;
         let sm_stable = Arc::clone(&stable);
         let state_machine = blocking(move || StateMachine::open(sm_stable)).await?;
 
         let node_id = config.node_id;
         let channels = PeerChannels::new(tls);
         let network = Network::new(node_id, channels.clone());
-        let raft = Raft::new(node_id, raft_config, network, log_store.clone(), state_machine.clone())
-            .await
-            .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            node_id,
+            raft_config,
+            network,
+            log_store.clone(),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
 
         let mut tasks = Vec::new();
         let (servers_tx, servers_rx) = watch::channel(Arc::new(Vec::<ServerInfo>::new()));
@@ -182,7 +205,11 @@ impl RaftNode {
         )));
         tasks.push(tokio::spawn(publish_gauges(raft.clone(), metrics.clone())));
         let (ready_tx, readiness) = watch::channel((false, "starting".to_owned()));
-        tasks.push(tokio::spawn(publish_readiness(raft.clone(), node_id, ready_tx)));
+        tasks.push(tokio::spawn(publish_readiness(
+            raft.clone(),
+            node_id,
+            ready_tx,
+        )));
         let policy = RetentionPolicy {
             max_bytes: config.retention_bytes,
             max_age: config.retention_age,
@@ -206,7 +233,13 @@ impl RaftNode {
             channels.clone(),
             config.write_timeout,
         ));
-        let admin = ClusterAdmin::new(node_id, raft.clone(), log.clone(), channels.clone(), config.admin_timeouts);
+        let admin = ClusterAdmin::new(
+            node_id,
+            raft.clone(),
+            log.clone(),
+            channels.clone(),
+            config.admin_timeouts,
+        );
         tracing::info!(node_id, addr = %config.advertise_addr, "raft node started");
         Ok(RaftNode {
             config,
@@ -271,10 +304,16 @@ impl RaftNode {
         {
             return Ok(false);
         }
-        let members = BTreeMap::from([(self.config.node_id, Node::new(self.config.advertise_addr.clone()))]);
+        let members = BTreeMap::from([(
+            self.config.node_id,
+            Node::new(self.config.advertise_addr.clone()),
+        )]);
         match self.raft.initialize(members).await {
             Ok(()) => {
-                tracing::info!(node_id = self.config.node_id, "initialized a new single-voter cluster");
+                tracing::info!(
+                    node_id = self.config.node_id,
+                    "initialized a new single-voter cluster"
+                );
                 Ok(true)
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
@@ -327,7 +366,9 @@ impl RaftNode {
                         );
                         return Ok(());
                     }
-                    Ok(Err(status)) => tracing::info!(%seed, %status, "join attempt refused; retrying"),
+                    Ok(Err(status)) => {
+                        tracing::info!(%seed, %status, "join attempt refused; retrying")
+                    }
                     Err(_) => tracing::info!(%seed, "join attempt timed out; retrying"),
                 }
             }
@@ -393,11 +434,14 @@ impl RaftNode {
     /// stops Raft, waits for the last sync, persists the applied state and closes the log.
     pub async fn shutdown(self) -> Result<()> {
         let metrics = metrics_watch::current(&self.raft);
-        if metrics.state == ServerState::Leader
-            && metrics.membership_config.membership().voter_ids().count() > 1
-            && let Err(e) = self.admin.transfer_leader(None, true).await
-        {
-            tracing::info!(error = %e, "no leadership transfer before shutdown");
+        if metrics.state == ServerState::Leader && metrics.membership_config.membership().voter_ids().count() > 1 {
+            // Best effort and bounded: a quick handover spares clients an election timeout.
+            let bound = self.config.heartbeat_interval * 20;
+            match tokio::time::timeout(bound, self.admin.transfer_leader(None, true)).await {
+                Ok(Ok(to)) => tracing::info!(to, "handed leadership over before shutting down"),
+                Ok(Err(e)) => tracing::info!(error = %e, "no leadership transfer before shutdown"),
+                Err(_) => tracing::info!("leadership transfer before shutdown timed out"),
+            }
         }
         for task in &self.tasks {
             task.abort();
@@ -425,11 +469,23 @@ impl RaftNode {
 }
 
 /// A node whose stable store lost its vote must not start: it could vote twice in a term.
-fn check_vote_not_lost(log: &Log, stable: &dyn StableStore, state_dir: &std::path::Path) -> Result<()> {
+fn check_vote_not_lost(
+    log: &Log,
+    stable: &dyn StableStore,
+    state_dir: &std::path::Path,
+) -> Result<()> {
     if stable.vote()?.is_some() {
         return Ok(());
     }
-    let has_data = log.last_entry().is_some() || stable.last_purged()?.is_some() || stable.applied()?.is_some();
+    // Entries of term 0 are openraft's `initialize` entry, written before any vote is saved;
+    // every later entry (and any purge or applied position beyond it) required a saved vote.
+    let beyond_init = |term: u64| term > 0;
+    let has_data = log.last_entry().is_some_and(|id| beyond_init(id.term))
+        || stable.last_purged()?.is_some()
+        || stable
+            .applied()?
+            .and_then(|a| a.last_applied)
+            .is_some_and(|id| beyond_init(id.leader_id.term));
     if has_data {
         return Err(RaftNodeError::VoteStoreLost {
             path: state_dir.to_path_buf(),
@@ -467,13 +523,19 @@ fn readiness_of(metrics: &openraft::RaftMetrics<TypeConfig>, me: NodeId) -> (boo
         return (true, "voter".into());
     }
     if membership.get_node(&me).is_none() {
-        return (false, "not a member of a cluster yet (waiting to be added)".into());
+        return (
+            false,
+            "not a member of a cluster yet (waiting to be added)".into(),
+        );
     }
     let committed = metrics.local_committed.map_or(0, |c| c.index);
     let applied = metrics.last_applied.map_or(0, |a| a.index);
     match metrics.current_leader {
         Some(_) if applied >= committed => (true, "learner, caught up".into()),
-        Some(_) => (false, format!("learner catching up: applied {applied} of {committed}")),
+        Some(_) => (
+            false,
+            format!("learner catching up: applied {applied} of {committed}"),
+        ),
         None => (false, "learner without a leader".into()),
     }
 }
@@ -494,5 +556,51 @@ async fn publish_readiness(raft: Raft, me: NodeId, ready: watch::Sender<(bool, S
         if watch.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::log::{Entry, EntryKind};
+    use crate::raft::stable_store::SledStableStore;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Blank,
+            timestamp_ms: 0,
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_node_whose_vote_store_lost_its_vote_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path().join(LOG_DIR), LogConfig::default()).expect("log");
+        let stable = SledStableStore::open(&dir.path().join(STATE_DIR)).expect("stable");
+        // openraft's `initialize` entry (term 0) is written before any vote: not a loss.
+        log.append(&[entry(0, 0)]).expect("append");
+        check_vote_not_lost(&log, &stable, dir.path()).expect("initialize entry only");
+        // An entry of a real term means a vote existed.
+        log.append(&[entry(1, 1)]).expect("append");
+        let err = check_vote_not_lost(&log, &stable, dir.path()).expect_err("vote lost");
+        assert!(matches!(err, RaftNodeError::VoteStoreLost { .. }), "{err}");
+        stable.save_vote(&crate::raft::types::Vote::new_committed(1, 0)).expect("vote");
+        check_vote_not_lost(&log, &stable, dir.path()).expect("vote present");
+    }
+
+    #[test]
+    fn the_raft_configuration_never_purges_on_its_own() {
+        let config = RaftNodeConfig::new(0, "127.0.0.1:8400", "/nonexistent")
+            .raft_config()
+            .expect("valid");
+        assert_eq!(config.snapshot_policy, SnapshotPolicy::Never);
+        assert_eq!(config.max_in_snapshot_log_to_keep, u64::MAX);
+        assert_eq!(config.enable_leader_restore, Some(false));
+        assert!(config.election_timeout_min >= 3 * config.heartbeat_interval);
     }
 }

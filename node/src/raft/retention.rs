@@ -61,7 +61,12 @@ pub struct SegmentSummary {
 /// The purge point for `segments` (oldest first; the last one is the active segment and is
 /// never chosen): the last index of the newest segment that must go, or `None`. Only segments
 /// that end at or below `applied_next` (everything in them is applied) are candidates.
-pub fn purge_point(segments: &[SegmentSummary], applied_next: u64, policy: &RetentionPolicy, now_ms: u64) -> Option<u64> {
+pub fn purge_point(
+    segments: &[SegmentSummary],
+    applied_next: u64,
+    policy: &RetentionPolicy,
+    now_ms: u64,
+) -> Option<u64> {
     let sealed = segments.len().saturating_sub(1);
     let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
     let mut point = None;
@@ -154,14 +159,19 @@ pub async fn retain_once(
     if store.last_purged().is_some_and(|p| p.index >= point) {
         return Ok(None);
     }
-    let covered = |m: &openraft::RaftMetrics<super::types::TypeConfig>| m.snapshot.is_some_and(|s| s.index >= point);
+    let covered = |m: &openraft::RaftMetrics<super::types::TypeConfig>| {
+        m.snapshot.is_some_and(|s| s.index >= point)
+    };
     if !covered(&metrics_watch::current(raft)) {
         raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
         metrics_watch::wait_until(raft, snapshot_wait, covered)
             .await
             .map_err(|e| format!("waiting for a snapshot covering {point}: {e}"))?;
     }
-    raft.trigger().purge_log(point).await.map_err(|e| e.to_string())?;
+    raft.trigger()
+        .purge_log(point)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(point, "retention: purging the log up to this index");
     Ok(Some(point))
 }
@@ -178,7 +188,15 @@ pub async fn run_retention(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = retain_once(&raft, &store, &applied, &policy, every.max(Duration::from_secs(5))).await {
+        if let Err(e) = retain_once(
+            &raft,
+            &store,
+            &applied,
+            &policy,
+            every.max(Duration::from_secs(5)),
+        )
+        .await
+        {
             tracing::warn!(error = %e, "retention round failed");
         }
     }
@@ -208,7 +226,10 @@ mod tests {
 
     #[test]
     fn nothing_is_purged_when_retention_is_off() {
-        assert_eq!(purge_point(&log(), 350, &RetentionPolicy::default(), 10_000), None);
+        assert_eq!(
+            purge_point(&log(), 350, &RetentionPolicy::default(), 10_000),
+            None
+        );
     }
 
     #[test]
@@ -242,7 +263,10 @@ mod tests {
         assert_eq!(purge_point(&log(), 99, &policy, 10_000), None);
         for applied in 0..400 {
             if let Some(point) = purge_point(&log(), applied, &policy, 10_000) {
-                assert!(point < applied, "purge point {point} with applied next {applied}");
+                assert!(
+                    point < applied,
+                    "purge point {point} with applied next {applied}"
+                );
             }
         }
     }

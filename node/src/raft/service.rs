@@ -59,7 +59,8 @@ fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::StreamAppendResponse, Status>> + Send>>;
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<proto::StreamAppendResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftApi for RaftService {
@@ -106,21 +107,26 @@ impl RaftApi for RaftService {
             Ok(result) => Ok(pb::stream_append_result_to_pb(&result)),
             Err(fatal) => Err(fatal_status(fatal)),
         });
-        let trailer = futures::stream::once(async move { failure.lock().take() }).filter_map(|status| async move {
-            status.map(Err)
-        });
+        let trailer = futures::stream::once(async move { failure.lock().take() })
+            .filter_map(|status| async move { status.map(Err) });
         let stream: ResponseStream = Box::pin(output.chain(trailer));
         Ok(Response::new(stream))
     }
 
-    async fn vote(&self, request: Request<proto::VoteRequest>) -> Result<Response<proto::VoteResponse>, Status> {
+    async fn vote(
+        &self,
+        request: Request<proto::VoteRequest>,
+    ) -> Result<Response<proto::VoteResponse>, Status> {
         self.access.check(&request, action::REPLICATE)?;
         let req = VoteRequest::from_pb(request.into_inner())?;
         let resp = self.raft.vote(req).await.map_err(raft_error)?;
         Ok(Response::new(resp.to_pb()))
     }
 
-    async fn pre_vote(&self, request: Request<proto::VoteRequest>) -> Result<Response<proto::VoteResponse>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<proto::VoteRequest>,
+    ) -> Result<Response<proto::VoteResponse>, Status> {
         self.access.check(&request, action::REPLICATE)?;
         let req = VoteRequest::from_pb(request.into_inner())?;
         let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
@@ -150,7 +156,11 @@ impl RaftApi for RaftService {
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
         self.access.check(&request, action::REPLICATE)?;
         let req = TransferLeaderRequest::from_pb(request.into_inner())?;
-        let resp = self.raft.handle_transfer_leader(req).await.map_err(fatal_status)?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(fatal_status)?;
         Ok(Response::new(pb::transfer_response_to_pb(&resp)))
     }
 
@@ -166,7 +176,11 @@ impl RaftApi for RaftService {
             .map(|value| NewRecord { value })
             .collect();
         // Never forwarded again: a node that is no longer the leader refuses with a hint.
-        let offsets = self.commit_log.append_local(records).await.map_err(Status::from)?;
+        let offsets = self
+            .commit_log
+            .append_local(records)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(proto::ForwardProduceResponse { offsets }))
     }
 }

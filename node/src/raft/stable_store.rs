@@ -151,17 +151,24 @@ impl SledStableStore {
             })
     }
 
-    fn put<T: Serialize>(&self, key: &[u8], value: &T, flush: bool) -> Result<(), StableStoreError> {
+    fn put<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        flush: bool,
+    ) -> Result<(), StableStoreError> {
         let name = || String::from_utf8_lossy(key).into_owned();
         let bytes = serde_json::to_vec(value).map_err(|e| StableStoreError::Corrupt {
             key: name(),
             reason: format!("cannot encode: {e}"),
         })?;
-        self.db.insert(key, bytes).map_err(|source| StableStoreError::Io {
-            op: "write",
-            key: name(),
-            source,
-        })?;
+        self.db
+            .insert(key, bytes)
+            .map_err(|source| StableStoreError::Io {
+                op: "write",
+                key: name(),
+                source,
+            })?;
         if flush {
             self.flush()?;
         }
@@ -211,11 +218,14 @@ impl StableStore for SledStableStore {
     }
 
     fn flush(&self) -> Result<(), StableStoreError> {
-        self.db.flush().map(|_| ()).map_err(|source| StableStoreError::Io {
-            op: "flush",
-            key: "*".into(),
-            source,
-        })
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StableStoreError::Io {
+                op: "flush",
+                key: "*".into(),
+                source,
+            })
     }
 }
 
@@ -238,14 +248,19 @@ mod tests {
             assert_eq!(store.vote().expect("vote"), None);
             store.save_vote(&vote(3, 1)).expect("save vote");
             store.save_last_purged(&log_id(2, 10)).expect("save purged");
-            store.save_committed(Some(&log_id(3, 12))).expect("save committed");
+            store
+                .save_committed(Some(&log_id(3, 12)))
+                .expect("save committed");
             store.flush().expect("flush");
         }
         let store = SledStableStore::open(dir.path()).expect("reopen");
         assert_eq!(store.vote().expect("vote"), Some(vote(3, 1)));
         assert_eq!(store.last_purged().expect("purged"), Some(log_id(2, 10)));
         assert_eq!(store.committed().expect("committed"), Some(log_id(3, 12)));
-        let leader = store.vote().expect("vote").map(|v| v.leader_id.node_id().to_owned());
+        let leader = store
+            .vote()
+            .expect("vote")
+            .map(|v| v.leader_id.node_id().to_owned());
         assert_eq!(leader, Some(1));
     }
 
@@ -258,7 +273,10 @@ mod tests {
             store.flush().expect("flush");
         }
         let err = SledStableStore::open(dir.path()).expect_err("corrupt vote");
-        assert!(matches!(err, StableStoreError::Corrupt { ref key, .. } if key == "vote"), "{err}");
+        assert!(
+            matches!(err, StableStoreError::Corrupt { ref key, .. } if key == "vote"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -274,7 +292,11 @@ mod tests {
             std::fs::write(&entry, vec![0xA5; len.max(64)]).expect("overwrite");
         }
         let result = SledStableStore::open(dir.path());
-        assert!(result.is_err(), "a damaged store opened: vote {:?}", result.map(|s| s.vote()));
+        assert!(
+            result.is_err(),
+            "a damaged store opened: vote {:?}",
+            result.map(|s| s.vote())
+        );
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

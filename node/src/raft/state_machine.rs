@@ -148,7 +148,12 @@ impl StateMachine {
             state.applied.clone()
         };
         let stable = Arc::clone(&self.inner.stable);
-        blocking(move || stable.save_applied(&applied, false).map_err(io::Error::from)).await
+        blocking(move || {
+            stable
+                .save_applied(&applied, false)
+                .map_err(io::Error::from)
+        })
+        .await
     }
 
     /// Makes a snapshot of the current applied state and persists it (flushed).
@@ -246,7 +251,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, _snapshot: ()) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        _snapshot: (),
+    ) -> Result<(), io::Error> {
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -264,6 +273,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.current_snapshot().map(|meta| Snapshot { meta, snapshot: () }))
+        Ok(self
+            .current_snapshot()
+            .map(|meta| Snapshot { meta, snapshot: () }))
     }
 }

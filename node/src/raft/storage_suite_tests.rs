@@ -28,9 +28,13 @@ fn small_segments() -> LogConfig {
     }
 }
 
-fn open(dir: &std::path::Path, config: LogConfig) -> (LogStore, StateMachine, Arc<dyn StableStore>) {
+fn open(
+    dir: &std::path::Path,
+    config: LogConfig,
+) -> (LogStore, StateMachine, Arc<dyn StableStore>) {
     let log = Log::open(dir.join("log"), config).expect("open log");
-    let stable: Arc<dyn StableStore> = Arc::new(SledStableStore::open(&dir.join("raft")).expect("open stable"));
+    let stable: Arc<dyn StableStore> =
+        Arc::new(SledStableStore::open(&dir.join("raft")).expect("open stable"));
     let syncer = Arc::new(Syncer::start(log.clone(), true, None).expect("syncer"));
     let store = LogStore::open(log, Arc::clone(&stable), syncer, None).expect("log store");
     let sm = StateMachine::open(Arc::clone(&stable)).expect("state machine");
@@ -39,7 +43,8 @@ fn open(dir: &std::path::Path, config: LogConfig) -> (LogStore, StateMachine, Ar
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+        let dir =
+            tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         let (store, sm, _) = open(dir.path(), small_segments());
         Ok((dir, store, sm))
     }
@@ -47,7 +52,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() {
-    Suite::test_all(Builder).await.expect("openraft storage suite");
+    Suite::test_all(Builder)
+        .await
+        .expect("openraft storage suite");
 }
 
 fn blank(term: u64, index: u64) -> RaftEntry {
@@ -89,7 +96,10 @@ async fn installing_a_snapshot_resets_the_log_to_start_after_it() {
     assert_eq!(*sm.applied_watch().borrow(), 26);
     // Replication continues right after the snapshot.
     append(&mut store, vec![blank(3, 26)]).await;
-    assert_eq!(store.try_get_log_entries(0..100).await.expect("read").len(), 1);
+    assert_eq!(
+        store.try_get_log_entries(0..100).await.expect("read").len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +109,9 @@ async fn a_reset_interrupted_by_a_crash_is_completed_on_open() {
         let (mut store, _sm, stable) = open(dir.path(), small_segments());
         append(&mut store, (0..10).map(|i| blank(1, i)).collect()).await;
         // The crash happened after the purge point was saved but before the log was reset.
-        stable.save_last_purged(&log_id(2, 40)).expect("save purged");
+        stable
+            .save_last_purged(&log_id(2, 40))
+            .expect("save purged");
         store.log().close().expect("close");
     }
     let (mut store, _sm, _) = open(dir.path(), small_segments());
@@ -132,7 +144,10 @@ async fn an_append_that_leaves_a_gap_is_refused() {
         .append(vec![blank(1, 7)], openraft::storage::IOFlushed::signal(tx))
         .await;
     assert!(result.is_err());
-    assert!(rx.await.expect("callback").is_err(), "the callback reports the failure too");
+    assert!(
+        rx.await.expect("callback").is_err(),
+        "the callback reports the failure too"
+    );
     assert_eq!(store.log().next_offset(), 3);
 }
 
@@ -163,5 +178,8 @@ async fn the_applied_state_is_recovered_from_the_snapshot_when_it_is_newer() {
     }
     let (_store, mut sm, _) = open(dir.path(), small_segments());
     let (applied, _) = sm.applied_state().await.expect("applied");
-    assert!(applied >= Some(log_id(1, 3)), "applied {applied:?} is behind the snapshot");
+    assert!(
+        applied >= Some(log_id(1, 3)),
+        "applied {applied:?} is behind the snapshot"
+    );
 }

@@ -69,7 +69,11 @@ impl std::fmt::Debug for Syncer {
 impl Syncer {
     /// Starts the syncer thread for `log`. `sync_per_append` is true with `FsyncPolicy::Always`;
     /// otherwise callbacks complete right after the write.
-    pub fn start(log: impl Durable, sync_per_append: bool, metrics: Option<Metrics>) -> io::Result<Syncer> {
+    pub fn start(
+        log: impl Durable,
+        sync_per_append: bool,
+        metrics: Option<Metrics>,
+    ) -> io::Result<Syncer> {
         let (tx, rx) = mpsc::channel();
         let (fatal_tx, fatal) = watch::channel(None);
         let thread = std::thread::Builder::new()
@@ -201,7 +205,10 @@ mod tests {
     impl Durable for Gate {
         fn sync(&self) -> Result<(), String> {
             self.syncs.fetch_add(1, Ordering::SeqCst);
-            self.release.lock().recv().unwrap_or_else(|_| Err("gate closed".into()))
+            self.release
+                .lock()
+                .recv()
+                .unwrap_or_else(|_| Err("gate closed".into()))
         }
     }
 
@@ -233,10 +240,16 @@ mod tests {
         let (third, third_rx) = callback();
         syncer.after_sync(second);
         syncer.after_sync(third);
-        assert!(first_rx.try_recv().is_err(), "completed before its sync finished");
+        assert!(
+            first_rx.try_recv().is_err(),
+            "completed before its sync finished"
+        );
         release.send(Ok(())).expect("release first sync");
         first_rx.await.expect("first").expect("first durable");
-        assert!(second_rx.try_recv().is_err(), "completed before its sync finished");
+        assert!(
+            second_rx.try_recv().is_err(),
+            "completed before its sync finished"
+        );
         // One sync covers both queued appends (group commit).
         release.send(Ok(())).expect("release second sync");
         second_rx.await.expect("second").expect("second durable");

@@ -31,7 +31,12 @@ impl fmt::Debug for Record {
 
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "record({} bytes @{}ms)", self.value.len(), self.timestamp_ms)
+        write!(
+            f,
+            "record({} bytes @{}ms)",
+            self.value.len(),
+            self.timestamp_ms
+        )
     }
 }
 
@@ -87,5 +92,8 @@ pub type SnapshotData = ();
 
 /// A log id from a term and an index.
 pub fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new(openraft::vote::leader_id_std::CommittedLeaderId::new(term), index)
+    LogId::new(
+        openraft::vote::leader_id_std::CommittedLeaderId::new(term),
+        index,
+    )
 }

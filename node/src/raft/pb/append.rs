@@ -1,7 +1,9 @@
 //! AppendEntries (unary and streamed) ↔ `raft.v1.AppendEntriesRequest`,
 //! `AppendEntriesResponse` and `StreamAppendResponse`.
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
+};
 
 use super::vote::required_vote;
 use super::{ConvertError, FromPb, ToPb, log_id, proto, required};
@@ -46,13 +48,17 @@ impl ToPb for AppendEntriesResponse<TypeConfig> {
     fn to_pb(&self) -> proto::AppendEntriesResponse {
         let result = match self {
             AppendEntriesResponse::Success => AppendResult::Success(proto::Empty {}),
-            AppendEntriesResponse::PartialSuccess(id) => AppendResult::PartialSuccess(proto::PartialSuccess {
-                log_id: log_id::to_pb(id.as_ref()),
-            }),
+            AppendEntriesResponse::PartialSuccess(id) => {
+                AppendResult::PartialSuccess(proto::PartialSuccess {
+                    log_id: log_id::to_pb(id.as_ref()),
+                })
+            }
             AppendEntriesResponse::Conflict => AppendResult::Conflict(proto::Empty {}),
             AppendEntriesResponse::HigherVote(vote) => AppendResult::HigherVote(vote.to_pb()),
         };
-        proto::AppendEntriesResponse { result: Some(result) }
+        proto::AppendEntriesResponse {
+            result: Some(result),
+        }
     }
 }
 
@@ -60,17 +66,25 @@ impl FromPb for AppendEntriesResponse<TypeConfig> {
     type Pb = proto::AppendEntriesResponse;
 
     fn from_pb(resp: proto::AppendEntriesResponse) -> Result<Self, ConvertError> {
-        Ok(match required(resp.result, "AppendEntriesResponse.result")? {
-            AppendResult::Success(_) => AppendEntriesResponse::Success,
-            AppendResult::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(log_id::from_pb(p.log_id)),
-            AppendResult::Conflict(_) => AppendEntriesResponse::Conflict,
-            AppendResult::HigherVote(vote) => AppendEntriesResponse::HigherVote(Vote::from_pb(vote)?),
-        })
+        Ok(
+            match required(resp.result, "AppendEntriesResponse.result")? {
+                AppendResult::Success(_) => AppendEntriesResponse::Success,
+                AppendResult::PartialSuccess(p) => {
+                    AppendEntriesResponse::PartialSuccess(log_id::from_pb(p.log_id))
+                }
+                AppendResult::Conflict(_) => AppendEntriesResponse::Conflict,
+                AppendResult::HigherVote(vote) => {
+                    AppendEntriesResponse::HigherVote(Vote::from_pb(vote)?)
+                }
+            },
+        )
     }
 }
 
 /// One stream-append result as its response message.
-pub fn stream_append_result_to_pb(result: &StreamAppendResult<TypeConfig>) -> proto::StreamAppendResponse {
+pub fn stream_append_result_to_pb(
+    result: &StreamAppendResult<TypeConfig>,
+) -> proto::StreamAppendResponse {
     let result = match result {
         Ok(flushed) => StreamResult::Success(proto::Flushed {
             log_id: log_id::to_pb(flushed.as_ref()),
@@ -78,18 +92,24 @@ pub fn stream_append_result_to_pb(result: &StreamAppendResult<TypeConfig>) -> pr
         Err(StreamAppendError::Conflict(id)) => StreamResult::Conflict(id.to_pb()),
         Err(StreamAppendError::HigherVote(vote)) => StreamResult::HigherVote(vote.to_pb()),
     };
-    proto::StreamAppendResponse { result: Some(result) }
+    proto::StreamAppendResponse {
+        result: Some(result),
+    }
 }
 
 /// A stream-append response message as its result.
 pub fn stream_append_result_from_pb(
     resp: proto::StreamAppendResponse,
 ) -> Result<StreamAppendResult<TypeConfig>, ConvertError> {
-    Ok(match required(resp.result, "StreamAppendResponse.result")? {
-        StreamResult::Success(flushed) => Ok(log_id::from_pb(flushed.log_id)),
-        StreamResult::Conflict(id) => Err(StreamAppendError::Conflict(LogId::from_pb(id)?)),
-        StreamResult::HigherVote(vote) => Err(StreamAppendError::HigherVote(Vote::from_pb(vote)?)),
-    })
+    Ok(
+        match required(resp.result, "StreamAppendResponse.result")? {
+            StreamResult::Success(flushed) => Ok(log_id::from_pb(flushed.log_id)),
+            StreamResult::Conflict(id) => Err(StreamAppendError::Conflict(LogId::from_pb(id)?)),
+            StreamResult::HigherVote(vote) => {
+                Err(StreamAppendError::HigherVote(Vote::from_pb(vote)?))
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -106,12 +126,14 @@ mod tests {
             proptest::collection::vec(entry(), 0..8),
             proptest::option::of(any_log_id()),
         )
-            .prop_map(|(vote, prev_log_id, entries, leader_commit)| AppendEntriesRequest {
-                vote,
-                prev_log_id,
-                entries,
-                leader_commit,
-            })
+            .prop_map(
+                |(vote, prev_log_id, entries, leader_commit)| AppendEntriesRequest {
+                    vote,
+                    prev_log_id,
+                    entries,
+                    leader_commit,
+                },
+            )
     }
 
     fn responses() -> impl Strategy<Value = AppendEntriesResponse<TypeConfig>> {
@@ -154,7 +176,10 @@ mod tests {
 
     #[test]
     fn a_response_without_a_result_is_refused() {
-        assert!(AppendEntriesResponse::<TypeConfig>::from_pb(proto::AppendEntriesResponse::default()).is_err());
+        assert!(
+            AppendEntriesResponse::<TypeConfig>::from_pb(proto::AppendEntriesResponse::default())
+                .is_err()
+        );
         assert!(stream_append_result_from_pb(proto::StreamAppendResponse::default()).is_err());
     }
 }

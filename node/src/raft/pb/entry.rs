@@ -13,9 +13,19 @@ impl ToPb for RaftEntry {
     fn to_pb(&self) -> proto::Entry {
         let entry = self;
         let (kind, timestamp_ms, payload, membership) = match &entry.payload {
-            EntryPayload::Normal(record) => (proto::EntryKind::Data, record.timestamp_ms, record.value.clone(), None),
+            EntryPayload::Normal(record) => (
+                proto::EntryKind::Data,
+                record.timestamp_ms,
+                record.value.clone(),
+                None,
+            ),
             EntryPayload::Blank => (proto::EntryKind::Blank, 0, Bytes::new(), None),
-            EntryPayload::Membership(m) => (proto::EntryKind::Membership, 0, Bytes::new(), Some(m.to_pb())),
+            EntryPayload::Membership(m) => (
+                proto::EntryKind::Membership,
+                0,
+                Bytes::new(),
+                Some(m.to_pb()),
+            ),
         };
         proto::Entry {
             index: entry.log_id.index,
@@ -32,17 +42,21 @@ impl FromPb for RaftEntry {
     type Pb = proto::Entry;
 
     fn from_pb(entry: proto::Entry) -> Result<Self, ConvertError> {
-        let kind = proto::EntryKind::try_from(entry.kind)
-            .map_err(|_| ConvertError(format!("unknown entry kind {} at index {}", entry.kind, entry.index)))?;
+        let kind = proto::EntryKind::try_from(entry.kind).map_err(|_| {
+            ConvertError(format!(
+                "unknown entry kind {} at index {}",
+                entry.kind, entry.index
+            ))
+        })?;
         let payload = match kind {
             proto::EntryKind::Data => EntryPayload::Normal(Record {
                 value: entry.payload,
                 timestamp_ms: entry.timestamp_ms,
             }),
             proto::EntryKind::Blank => EntryPayload::Blank,
-            proto::EntryKind::Membership => {
-                EntryPayload::Membership(Membership::from_pb(required(entry.membership, "Entry.membership")?)?)
-            }
+            proto::EntryKind::Membership => EntryPayload::Membership(Membership::from_pb(
+                required(entry.membership, "Entry.membership")?,
+            )?),
         };
         Ok(RaftEntry {
             log_id: log_id(entry.term, entry.index),
@@ -80,12 +94,17 @@ mod tests {
         let value = Bytes::from(vec![7u8; 1024]);
         let entry = RaftEntry {
             log_id: log_id(1, 1),
-            payload: EntryPayload::Normal(Record { value: value.clone(), timestamp_ms: 1 }),
+            payload: EntryPayload::Normal(Record {
+                value: value.clone(),
+                timestamp_ms: 1,
+            }),
         };
         let pb = entry.to_pb();
         assert_eq!(pb.payload.as_ptr(), value.as_ptr());
         let back = RaftEntry::from_pb(pb).expect("valid");
-        let EntryPayload::Normal(record) = back.payload else { panic!("not data") };
+        let EntryPayload::Normal(record) = back.payload else {
+            panic!("not data")
+        };
         assert_eq!(record.value.as_ptr(), value.as_ptr());
     }
 }

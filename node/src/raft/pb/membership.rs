@@ -20,7 +20,14 @@ impl ToPb for Membership {
                 .collect(),
             nodes: m
                 .nodes()
-                .map(|(id, node)| (*id, proto::Node { addr: node.addr.clone() }))
+                .map(|(id, node)| {
+                    (
+                        *id,
+                        proto::Node {
+                            addr: node.addr.clone(),
+                        },
+                    )
+                })
                 .collect(),
         }
     }
@@ -44,7 +51,8 @@ impl FromPb for Membership {
         if configs.is_empty() && nodes.is_empty() {
             return Ok(Membership::default());
         }
-        Membership::new(configs, nodes).map_err(|e| ConvertError(format!("invalid membership: {e}")))
+        Membership::new(configs, nodes)
+            .map_err(|e| ConvertError(format!("invalid membership: {e}")))
     }
 }
 
@@ -95,8 +103,12 @@ mod tests {
     #[test]
     fn a_voter_without_an_address_is_refused() {
         let m = proto::Membership {
-            configs: vec![proto::VoterSet { node_ids: vec![1, 2] }],
-            nodes: [(1, proto::Node { addr: "a:1".into() })].into_iter().collect(),
+            configs: vec![proto::VoterSet {
+                node_ids: vec![1, 2],
+            }],
+            nodes: [(1, proto::Node { addr: "a:1".into() })]
+                .into_iter()
+                .collect(),
         };
         assert!(Membership::from_pb(m).is_err());
     }

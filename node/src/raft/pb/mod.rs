@@ -11,8 +11,8 @@ mod transfer;
 mod vote;
 
 pub use append::{stream_append_result_from_pb, stream_append_result_to_pb};
-pub use transfer::{transfer_response_from_pb, transfer_response_to_pb};
 pub use logcluster_api::raft_v1 as proto;
+pub use transfer::{transfer_response_from_pb, transfer_response_to_pb};
 
 /// Encodes an openraft value as its `raft.v1` message. (A local trait: both sides of the
 /// conversion are foreign types, so `From` cannot be implemented here.)

@@ -24,7 +24,10 @@ impl FromPb for SnapshotMeta {
     fn from_pb(meta: proto::SnapshotMeta) -> Result<Self, ConvertError> {
         Ok(SnapshotMeta {
             last_log_id: log_id::from_pb(meta.last_log_id),
-            last_membership: StoredMembership::from_pb(required(meta.last_membership, "SnapshotMeta.last_membership")?)?,
+            last_membership: StoredMembership::from_pb(required(
+                meta.last_membership,
+                "SnapshotMeta.last_membership",
+            )?)?,
         })
     }
 }
@@ -43,7 +46,10 @@ impl FromPb for SnapshotResponse<TypeConfig> {
     type Pb = proto::SnapshotResponse;
 
     fn from_pb(resp: proto::SnapshotResponse) -> Result<Self, ConvertError> {
-        Ok(SnapshotResponse::new(required_vote(resp.vote, "SnapshotResponse.vote")?))
+        Ok(SnapshotResponse::new(required_vote(
+            resp.vote,
+            "SnapshotResponse.vote",
+        )?))
     }
 }
 

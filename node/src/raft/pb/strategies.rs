@@ -6,7 +6,9 @@ use bytes::Bytes;
 use openraft::EntryPayload;
 use proptest::prelude::*;
 
-use crate::raft::types::{self, LogId, Membership, Node, RaftEntry, Record, StoredMembership, Vote};
+use crate::raft::types::{
+    self, LogId, Membership, Node, RaftEntry, Record, StoredMembership, Vote,
+};
 
 pub fn log_id() -> impl Strategy<Value = LogId> {
     (0u64..1000, 0u64..1_000_000).prop_map(|(term, index)| types::log_id(term, index))
@@ -46,12 +48,14 @@ pub fn stored_membership() -> impl Strategy<Value = StoredMembership> {
 
 pub fn entry() -> impl Strategy<Value = RaftEntry> {
     let payload = prop_oneof![
-        (proptest::collection::vec(any::<u8>(), 0..64), any::<u64>()).prop_map(|(value, timestamp_ms)| {
-            EntryPayload::Normal(Record {
-                value: Bytes::from(value),
-                timestamp_ms,
-            })
-        }),
+        (proptest::collection::vec(any::<u8>(), 0..64), any::<u64>()).prop_map(
+            |(value, timestamp_ms)| {
+                EntryPayload::Normal(Record {
+                    value: Bytes::from(value),
+                    timestamp_ms,
+                })
+            }
+        ),
         Just(EntryPayload::Blank),
         membership().prop_map(EntryPayload::Membership),
     ];

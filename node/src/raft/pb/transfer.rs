@@ -33,13 +33,17 @@ impl FromPb for TransferLeaderRequest<TypeConfig> {
 }
 
 /// A transfer-leader outcome as its response message.
-pub fn transfer_response_to_pb(resp: &TransferLeaderResponse<TypeConfig>) -> proto::TransferLeaderResponse {
+pub fn transfer_response_to_pb(
+    resp: &TransferLeaderResponse<TypeConfig>,
+) -> proto::TransferLeaderResponse {
     let result = match resp {
         Ok(()) => TransferResult::Ok(proto::Empty {}),
-        Err(TransferLeaderError::VoteChanged { expected, actual }) => TransferResult::VoteChanged(proto::VoteChanged {
-            expected: Some(expected.to_pb()),
-            actual: Some(actual.to_pb()),
-        }),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+            TransferResult::VoteChanged(proto::VoteChanged {
+                expected: Some(expected.to_pb()),
+                actual: Some(actual.to_pb()),
+            })
+        }
         Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
             TransferResult::LogNotFlushed(proto::LogNotFlushed {
                 expected: log_id::to_pb(expected.as_ref()),
@@ -47,24 +51,28 @@ pub fn transfer_response_to_pb(resp: &TransferLeaderResponse<TypeConfig>) -> pro
             })
         }
     };
-    proto::TransferLeaderResponse { result: Some(result) }
+    proto::TransferLeaderResponse {
+        result: Some(result),
+    }
 }
 
 /// A transfer-leader response message as its outcome.
 pub fn transfer_response_from_pb(
     resp: proto::TransferLeaderResponse,
 ) -> Result<TransferLeaderResponse<TypeConfig>, ConvertError> {
-    Ok(match required(resp.result, "TransferLeaderResponse.result")? {
-        TransferResult::Ok(_) => Ok(()),
-        TransferResult::VoteChanged(v) => Err(TransferLeaderError::VoteChanged {
-            expected: required_vote(v.expected, "VoteChanged.expected")?,
-            actual: required_vote(v.actual, "VoteChanged.actual")?,
-        }),
-        TransferResult::LogNotFlushed(l) => Err(TransferLeaderError::LogNotFlushed {
-            expected: log_id::from_pb(l.expected),
-            actual: log_id::from_pb(l.actual),
-        }),
-    })
+    Ok(
+        match required(resp.result, "TransferLeaderResponse.result")? {
+            TransferResult::Ok(_) => Ok(()),
+            TransferResult::VoteChanged(v) => Err(TransferLeaderError::VoteChanged {
+                expected: required_vote(v.expected, "VoteChanged.expected")?,
+                actual: required_vote(v.actual, "VoteChanged.actual")?,
+            }),
+            TransferResult::LogNotFlushed(l) => Err(TransferLeaderError::LogNotFlushed {
+                expected: log_id::from_pb(l.expected),
+                actual: log_id::from_pb(l.actual),
+            }),
+        },
+    )
 }
 
 #[cfg(test)]

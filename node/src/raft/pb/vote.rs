@@ -110,7 +110,8 @@ mod tests {
 
     #[test]
     fn a_vote_request_without_a_vote_is_refused() {
-        let err = VoteRequest::<TypeConfig>::from_pb(proto::VoteRequest::default()).expect_err("missing vote");
+        let err = VoteRequest::<TypeConfig>::from_pb(proto::VoteRequest::default())
+            .expect_err("missing vote");
         assert!(err.0.contains("VoteRequest.vote"), "{err}");
     }
 }

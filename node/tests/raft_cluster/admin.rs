@@ -1,0 +1,177 @@
+//! Membership changes and leadership transfer through `admin.v1`, as the operator calls them.
+
+use std::collections::BTreeSet;
+
+use logcluster_api::admin_v1::admin_client::AdminClient;
+use logcluster_api::admin_v1::{
+    ClusterStatusRequest, InitializeRequest, Member, MemberRole, RemoveNodeRequest,
+    TransferLeaderRequest,
+};
+use tonic::Code;
+
+use crate::support::{Cluster, Options, member_ids, produce, read_data, voter_ids};
+
+fn admin_client(cluster: &Cluster, i: usize) -> AdminClient<tonic::transport::Channel> {
+    let channel = cluster
+        .channels_as("admin")
+        .channel(&cluster.nodes[i].addr.to_string())
+        .expect("channel");
+    AdminClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_as_a_learner_and_is_promoted_to_voter() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let offsets = produce(&cluster, leader, (0..50).map(|i| format!("r{i}")).collect()).await;
+    let new = cluster.add_node(3).await;
+    assert!(
+        !cluster.nodes[new].raft().readiness().borrow().0,
+        "a new node is not ready"
+    );
+    // Joining through a follower: the follower forwards AddNode to the leader.
+    let follower = (0..3).find(|i| *i != leader).expect("follower");
+    let seeds = vec![cluster.nodes[follower].addr.to_string()];
+    cluster.nodes[new].raft().join(&seeds).await.expect("join");
+    let voters: BTreeSet<u64> = (0..4).collect();
+    cluster.wait_all(|m| voter_ids(m) == voters).await;
+    let mut ready = cluster.nodes[new].raft().readiness();
+    ready.wait_for(|(ready, _)| *ready).await.expect("ready");
+    cluster.wait_applied(new, offsets[49]).await;
+    let data = read_data(&cluster.nodes[new].commit_log(), 0).await;
+    assert_eq!(data.len(), 50);
+    // Joining again is a no-op.
+    cluster.nodes[new]
+        .raft()
+        .join(&seeds)
+        .await
+        .expect("join is idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_follower_and_then_the_leader_shrinks_the_membership() {
+    let cluster = Cluster::start(4, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (0..4).find(|i| *i != leader).expect("follower");
+    let follower_id = cluster.nodes[follower].id;
+    // Through another node than the leader: forwarded.
+    let mut client = admin_client(&cluster, follower);
+    client
+        .remove_node(RemoveNodeRequest {
+            node_id: follower_id,
+        })
+        .await
+        .expect("remove follower");
+    let running_others: Vec<usize> = (0..4).filter(|i| *i != follower).collect();
+    for i in &running_others {
+        crate::support::wait_until(&cluster, *i, |m| !member_ids(m).contains(&follower_id)).await;
+    }
+    // Removing it again is a no-op.
+    client
+        .remove_node(RemoveNodeRequest {
+            node_id: follower_id,
+        })
+        .await
+        .expect("remove is idempotent");
+
+    // Removing the leader moves leadership first.
+    let leader_id = cluster.nodes[leader].id;
+    let mut client = admin_client(&cluster, leader);
+    client
+        .remove_node(RemoveNodeRequest { node_id: leader_id })
+        .await
+        .expect("remove leader");
+    let survivors: Vec<usize> = running_others
+        .into_iter()
+        .filter(|i| *i != leader)
+        .collect();
+    for i in &survivors {
+        crate::support::wait_until(&cluster, *i, |m| {
+            !member_ids(m).contains(&leader_id) && m.current_leader.is_some_and(|l| l != leader_id)
+        })
+        .await;
+    }
+    // The two survivors still commit writes.
+    let offsets = produce(&cluster, survivors[0], vec!["after-removals".to_string()]).await;
+    for i in &survivors {
+        cluster.wait_applied(*i, offsets[0]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_requested_voter_or_the_most_up_to_date_one() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let target = (0..3).find(|i| *i != leader).expect("target");
+    let target_id = cluster.nodes[target].id;
+    // Asked on a node that is not the leader: forwarded.
+    let mut client = admin_client(&cluster, target);
+    let response = client
+        .transfer_leader(TransferLeaderRequest {
+            node_id: Some(target_id),
+        })
+        .await
+        .expect("transfer")
+        .into_inner();
+    assert_eq!(response.new_leader_id, target_id);
+    cluster
+        .wait_all(|m| m.current_leader == Some(target_id))
+        .await;
+
+    let mut client = admin_client(&cluster, target);
+    let response = client
+        .transfer_leader(TransferLeaderRequest { node_id: None })
+        .await
+        .expect("transfer to any")
+        .into_inner();
+    assert_ne!(response.new_leader_id, target_id);
+    let new_leader = response.new_leader_id;
+    cluster
+        .wait_all(|m| m.current_leader == Some(new_leader))
+        .await;
+
+    let status = admin_client(&cluster, 0)
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.leader_id, Some(new_leader));
+    assert_eq!(status.members.len(), 3);
+    let leaders: Vec<u64> = status
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Leader as i32)
+        .map(|m| m.node_id)
+        .collect();
+    assert_eq!(leaders, vec![new_leader]);
+    assert!(!status.membership_changing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_is_idempotent_for_the_same_voters_and_refused_for_others() {
+    let cluster = Cluster::start(1, Options::default()).await;
+    let me = Member {
+        node_id: 0,
+        rpc_addr: cluster.nodes[0].addr.to_string(),
+    };
+    let mut client = admin_client(&cluster, 0);
+    let again = client
+        .initialize(InitializeRequest {
+            voters: vec![me.clone()],
+        })
+        .await
+        .expect("same voters")
+        .into_inner();
+    assert!(!again.initialized);
+    let other = Member {
+        node_id: 5,
+        rpc_addr: "127.0.0.6:1".into(),
+    };
+    let err = client
+        .initialize(InitializeRequest {
+            voters: vec![me, other],
+        })
+        .await
+        .expect_err("other voters");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
