@@ -396,3 +396,54 @@ pub async fn publish_servers(
         tokio::time::sleep(min_interval).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through_the_wire(error: BackendError) -> BackendError {
+        error_from_leader(&tonic::Status::from(error), 2, "127.0.0.3:8400")
+    }
+
+    #[test]
+    fn a_leader_refusal_keeps_its_hint_and_write_outcome_through_forwarding() {
+        let refused = through_the_wire(BackendError::NotLeader {
+            leader_id: Some(1),
+            leader_addr: Some("127.0.0.2:8400".into()),
+            not_applied: true,
+        });
+        assert!(
+            matches!(
+                refused,
+                BackendError::NotLeader { leader_id: Some(1), ref leader_addr, not_applied: true }
+                    if leader_addr.as_deref() == Some("127.0.0.2:8400")
+            ),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            through_the_wire(BackendError::NoLeader),
+            BackendError::NoLeader
+        ));
+        assert!(matches!(
+            through_the_wire(BackendError::RecordTooLarge { size: 10, max: 5 }),
+            BackendError::RecordTooLarge { size: 10, max: 5 }
+        ));
+    }
+
+    #[test]
+    fn a_failure_after_the_leader_may_have_written_is_outcome_unknown() {
+        for error in [
+            BackendError::OutcomeUnknown("timed out".into()),
+            BackendError::Storage("disk".into()),
+        ] {
+            let got = through_the_wire(error);
+            assert!(matches!(got, BackendError::OutcomeUnknown(_)), "{got:?}");
+        }
+        // A transport failure without error details: the request may have been processed.
+        let reset = tonic::Status::unavailable("connection reset");
+        assert!(matches!(
+            error_from_leader(&reset, 2, "a:1"),
+            BackendError::OutcomeUnknown(_)
+        ));
+    }
+}

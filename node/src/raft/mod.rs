@@ -13,6 +13,32 @@
 //!   (forwarding produces from followers to the leader).
 //! * [`admin`] — `admin.v1`: initialize, add/remove node, transfer leadership, status.
 //! * [`node`] — [`RaftNode`], the façade `lognode` wires.
+//!
+//! # Wiring (what `lognode` does)
+//!
+//! ```ignore
+//! // Bind first: the advertised address must carry the real port.
+//! let listener = TcpListener::bind(config.listen_addr).await?;
+//! let mut raft_config = RaftNodeConfig::new(node_id, advertise_addr, &config.data_dir);
+//! raft_config.log = log_config;                      // fsync policy, segment sizes, max record
+//! raft_config.heartbeat_interval = args.heartbeat_interval;
+//! raft_config.retention_bytes = args.retention_bytes;
+//! raft_config.retention_age = args.retention_age;
+//! let raft = RaftNode::start(raft_config, tls_files.clone(), metrics.clone()).await?;
+//! let routes = GrpcRoutes::new(LogService::new(raft.commit_log(), access.clone(), limits))
+//!     .await?
+//!     .add_service(raft.raft_service(access.clone()))
+//!     .add_service(raft.admin_service(access.clone()));
+//! // serve `routes` on the TLS listener, then:
+//! if args.bootstrap { raft.bootstrap_if_new().await?; }
+//! if !args.join.is_empty() { raft.join(&args.join).await?; }   // cancellable
+//! tokio::select! { reason = raft.fatal() => exit(reason), _ = sigterm => {} }
+//! if args.leave_on_shutdown { raft.leave().await?; }
+//! raft.shutdown().await?;
+//! ```
+//!
+//! The gRPC server should use large HTTP/2 receive windows (e.g. 32 MiB per connection, 8 MiB
+//! per stream): replication batches arrive as requests on the follower.
 
 pub mod admin;
 pub mod commit_log;

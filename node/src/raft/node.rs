@@ -434,7 +434,9 @@ impl RaftNode {
     /// stops Raft, waits for the last sync, persists the applied state and closes the log.
     pub async fn shutdown(self) -> Result<()> {
         let metrics = metrics_watch::current(&self.raft);
-        if metrics.state == ServerState::Leader && metrics.membership_config.membership().voter_ids().count() > 1 {
+        if metrics.state == ServerState::Leader
+            && metrics.membership_config.membership().voter_ids().count() > 1
+        {
             // Best effort and bounded: a quick handover spares clients an election timeout.
             let bound = self.config.heartbeat_interval * 20;
             match tokio::time::timeout(bound, self.admin.transfer_leader(None, true)).await {
@@ -465,6 +467,15 @@ impl RaftNode {
         .await?;
         tracing::info!(node_id = self.config.node_id, "raft node stopped");
         Ok(())
+    }
+}
+
+impl Drop for RaftNode {
+    /// The helper tasks end with the node (also when it is dropped without a shutdown).
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -589,7 +600,9 @@ mod tests {
         log.append(&[entry(1, 1)]).expect("append");
         let err = check_vote_not_lost(&log, &stable, dir.path()).expect_err("vote lost");
         assert!(matches!(err, RaftNodeError::VoteStoreLost { .. }), "{err}");
-        stable.save_vote(&crate::raft::types::Vote::new_committed(1, 0)).expect("vote");
+        stable
+            .save_vote(&crate::raft::types::Vote::new_committed(1, 0))
+            .expect("vote");
         check_vote_not_lost(&log, &stable, dir.path()).expect("vote present");
     }
 

@@ -188,6 +188,9 @@ pub async fn run_retention(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if metrics_watch::current(&raft).running_state.is_err() {
+            return;
+        }
         if let Err(e) = retain_once(
             &raft,
             &store,

@@ -105,3 +105,36 @@ async fn a_subject_without_the_admin_role_cannot_call_the_admin_api() {
     let members = crate::support::member_ids(&cluster.nodes[0].metrics());
     assert!(!members.contains(&9), "the membership did not change");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_be_reached_is_reported_as_a_connection_failure() {
+    let cluster = Cluster::start(1, Options::default()).await;
+    // A port that nothing listens on any more.
+    let closed = tokio::net::TcpListener::bind("127.0.0.9:0")
+        .await
+        .expect("bind");
+    let addr = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let channels = cluster.channels_as("node0");
+    let mut client = channels.client(&addr).expect("client");
+    let status = client
+        .forward_produce(ForwardProduceRequest { values: vec![] })
+        .await
+        .expect_err("nobody listens");
+    assert!(
+        logcluster_node::raft::network::is_connect_failure(&status),
+        "not recognised as a connection failure: {status}"
+    );
+    // A peer that answers is not a connection failure, even when it refuses.
+    let mut client = cluster
+        .channels_as("root")
+        .client(&cluster.nodes[0].addr.to_string())
+        .expect("client");
+    let refused = client
+        .forward_produce(ForwardProduceRequest { values: vec![] })
+        .await
+        .expect_err("refused");
+    assert!(!logcluster_node::raft::network::is_connect_failure(
+        &refused
+    ));
+}

@@ -56,7 +56,7 @@ impl Default for Options {
             },
             retention_bytes: None,
             retention_interval: Duration::from_secs(30),
-            heartbeat: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(150),
         }
     }
 }
@@ -209,8 +209,12 @@ impl Cluster {
             Duration::from_secs(5),
         );
         let (stop, stopped) = oneshot::channel::<()>();
+        // Replication streams are large: a follower's receive windows must not throttle them
+        // (the node's real server should use the same settings).
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_connection_window_size(Some(32 << 20))
+            .initial_stream_window_size(Some(8 << 20))
             .add_service(node.raft_service(self.access.clone()))
             .add_service(node.admin_service(self.access.clone()));
         let task = tokio::spawn(async move {

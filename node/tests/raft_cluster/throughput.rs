@@ -38,7 +38,11 @@ async fn throughput_of_batched_100_byte_records_on_three_nodes() {
     let acked: Vec<u64> = join_all(work).await.into_iter().flatten().collect();
     let elapsed = started.elapsed();
     let distinct: BTreeSet<u64> = acked.iter().copied().collect();
-    assert_eq!(distinct.len(), acked.len(), "an offset was acknowledged twice");
+    assert_eq!(
+        distinct.len(),
+        acked.len(),
+        "an offset was acknowledged twice"
+    );
     let rate = acked.len() as f64 / elapsed.as_secs_f64();
     println!(
         "{} records of 100 B in {elapsed:?}: {rate:.0} records/s, {:.1} MB/s ({producers} producers x {batch}-record batches)",
