@@ -7,5 +7,6 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod log;
+pub mod membership;
 pub mod raft;
 pub mod telemetry;
