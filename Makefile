@@ -38,8 +38,9 @@ deny-openssl: ## Fail if OpenSSL or aws-lc ever enters the dependency tree
 unit: ## Every test in the workspace
 	$(CARGO) test --workspace --locked
 
-crds: ## Regenerate crds/logcluster.yaml from the operator's Rust types (a unit test fails on drift)
+crds: ## Regenerate crds/logcluster.yaml from the operator's Rust types and copy it into the chart (tests fail on drift)
 	$(CARGO) run --quiet --locked -p logcluster-operator --bin crdgen > crds/logcluster.yaml
+	cp crds/logcluster.yaml charts/logcluster-operator/crds/logcluster.yaml
 
 build: ## Debug build of every binary
 	$(CARGO) build --workspace --locked

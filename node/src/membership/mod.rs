@@ -57,17 +57,18 @@
 //!
 //! It protects against anyone **without the cluster key** who can send, capture or alter UDP
 //! datagrams on the gossip port (another tenant's pod, a compromised host on the pod network,
-//! anything that reaches a node's IP): they cannot announce a node, alter or suppress a
-//! node's keys (only drop datagrams), read the cluster's topology (node ids, addresses,
-//! readiness), or replay captured datagrams to one node after the window or twice within it.
+//! anything that reaches a node's IP): they cannot announce a node or alter a node's keys, read
+//! the cluster's topology (node ids, addresses, readiness), or replay a captured datagram to a
+//! node after the window, or twice to the same node within it.
 //!
 //! It does **not** protect against:
 //! * **key holders.** Every node holds the same key and chitchat has no per-node signatures, so
 //!   anyone with the key can announce fake nodes, or impersonate a real node's state, e.g. set
 //!   its `leaving` flag and get it removed from Raft by the leader. Protect the key file like
-//!   the CA key (a Kubernetes Secret readable only by the nodes). Joining Raft still requires the
-//!   peer mTLS certificate for replication to succeed, and gossip alone never removes a silent
-//!   voter.
+//!   the CA key (a Kubernetes Secret readable only by the nodes). A fake node can at most be
+//!   added as a learner (learners do not vote): promotion needs it to catch up, i.e. to serve the
+//!   Raft peer API with a node certificate from the cluster CA. Gossip alone never removes a
+//!   silent voter.
 //! * **cross-node replay within the window.** The nonce cache is per receiver, so a datagram
 //!   captured on its way to node A can be delivered to node B within 30 s. It carries only
 //!   authentic, recent, versioned chitchat state, which chitchat applies idempotently; the
@@ -76,8 +77,12 @@
 //!   dropping or flooding datagrams is not prevented (only counted).
 //! * **clock skew.** Nodes whose clocks differ by more than the window cannot gossip (their
 //!   datagrams count as `replayed`): run NTP.
-//! * **nonce exhaustion.** Random 96-bit nonces collide with probability ~n²/2⁹⁷ after n
-//!   datagrams under one key: negligible for gossip rates, but rotate the key if it leaked.
+//! * **nonce reuse at scale.** Random 96-bit nonces collide with probability ~n²/2⁹⁷ after n
+//!   datagrams under one key: negligible at gossip rates (billions of datagrams stay below
+//!   2⁻³⁰), but a key is not meant to live forever.
+//! * **key rotation.** One key at a time for now: changing it means restarting every node with
+//!   the new file (nodes on different keys do not see each other). The key id in the header is
+//!   there so that a later version can accept the previous key during a rolling rotation.
 //!
 //! Implementation note: chitchat 0.13 exposes envelopes, not bytes, through its transport traits,
 //! and keeps its envelope codec private; see `codec.rs` for how its own UDP socket code is used
