@@ -11,14 +11,14 @@ use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::local::LocalLog;
 use crate::api::server::GrpcRoutes;
-use crate::api::{AccessControl, CommitLog, LogService, LogServiceLimits};
+use crate::api::{AccessControl, LogService, LogServiceLimits};
 use crate::auth::authz::CasbinAuthorizer;
 use crate::auth::tls::{self, ReloadingTlsFiles, TlsFiles};
 use crate::config::{FsyncMode, NodeArgs, node_id_from_hostname};
 use crate::http::{self, HttpState, Readiness};
-use crate::log::{FsyncPolicy, Log, LogConfig};
+use crate::log::{FsyncPolicy, LogConfig};
+use crate::raft::{RaftNode, RaftNodeConfig};
 use crate::telemetry::metrics::{CertificateRole, LogGauges, Metrics};
 
 /// How often certificate and policy files are checked for changes.
@@ -36,6 +36,45 @@ pub struct NodeConfig {
     pub acl_model_file: Option<PathBuf>,
     pub acl_policy_file: PathBuf,
     pub log: LogConfig,
+    /// Initialize a new cluster with this node as its only voter (once).
+    pub bootstrap: bool,
+    /// Running nodes to ask to add this one.
+    pub join: Vec<String>,
+    /// Ask the cluster to remove this node on graceful shutdown.
+    pub leave_on_shutdown: bool,
+    pub heartbeat_interval: Duration,
+    pub retention_bytes: Option<u64>,
+    pub retention_age: Option<Duration>,
+}
+
+impl NodeConfig {
+    /// A configuration for tests and embedding: a node on `listen_addr` (advertised as given)
+    /// with its data in `data_dir`, everything else at the defaults.
+    pub fn new(
+        node_id: u64,
+        data_dir: PathBuf,
+        listen_addr: SocketAddr,
+        tls: TlsFiles,
+        acl_policy_file: PathBuf,
+    ) -> Self {
+        NodeConfig {
+            node_id,
+            data_dir,
+            listen_addr,
+            advertise_addr: listen_addr.to_string(),
+            http_listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls,
+            acl_model_file: None,
+            acl_policy_file,
+            log: LogConfig::default(),
+            bootstrap: false,
+            join: Vec::new(),
+            leave_on_shutdown: false,
+            heartbeat_interval: Duration::from_millis(150),
+            retention_bytes: None,
+            retention_age: None,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -95,6 +134,12 @@ impl NodeConfig {
             acl_model_file: args.acl_model_file.clone(),
             acl_policy_file: args.acl_policy_file.clone(),
             log,
+            bootstrap: args.bootstrap,
+            join: args.join.clone(),
+            leave_on_shutdown: args.leave_on_shutdown,
+            heartbeat_interval: args.heartbeat_interval,
+            retention_bytes: args.retention_bytes,
+            retention_age: args.retention_age,
         })
     }
 }
@@ -117,8 +162,16 @@ fn unix_seconds(time: SystemTime) -> i64 {
 /// Runs a node until SIGTERM or SIGINT, then shuts it down gracefully.
 pub async fn run(config: NodeConfig) -> Result<()> {
     let node = RunningNode::start(config).await?;
-    shutdown_signal().await;
-    node.shutdown().await
+    let fatal = node.raft.fatal();
+    tokio::select! {
+        () = shutdown_signal() => node.shutdown().await,
+        reason = fatal => {
+            // NB: never keep serving after a storage failure (e.g. a failed fsync): the data on
+            // disk is the truth; a restart recovers from it.
+            tracing::error!(%reason, "fatal error; exiting so the node restarts from disk");
+            Err(anyhow::anyhow!("fatal: {reason}"))
+        }
+    }
 }
 
 /// A started node: its servers run in the background until [`RunningNode::shutdown`].
@@ -128,7 +181,8 @@ pub struct RunningNode {
     tls_files: ReloadingTlsFiles,
     authorizer: CasbinAuthorizer,
     metrics: Metrics,
-    log: Log,
+    raft: Arc<RaftNode>,
+    leave_on_shutdown: bool,
     health: tonic_health::server::HealthReporter,
     readiness: watch::Sender<Readiness>,
     shutdown: watch::Sender<bool>,
@@ -161,17 +215,27 @@ impl RunningNode {
         background.push(authorizer.spawn_watcher(RELOAD_INTERVAL));
         let access = AccessControl::new(Arc::new(authorizer.clone()));
 
-        let log_dir = config.data_dir.join("log");
-        let log = {
-            let dir = log_dir.clone();
-            let log_config = config.log.clone();
-            tokio::task::spawn_blocking(move || Log::open(&dir, log_config))
-                .await
-                .context("opening the commit log")?
-                .with_context(|| format!("opening the commit log in {}", log_dir.display()))?
-        };
+        let raft = RaftNode::start(
+            RaftNodeConfig {
+                log: config.log.clone(),
+                heartbeat_interval: config.heartbeat_interval,
+                retention_bytes: config.retention_bytes,
+                retention_age: config.retention_age,
+                ..RaftNodeConfig::new(
+                    config.node_id,
+                    config.advertise_addr.clone(),
+                    config.data_dir.clone(),
+                )
+            },
+            tls_files.clone(),
+            metrics.clone(),
+        )
+        .await
+        .with_context(|| format!("starting Raft on {}", config.data_dir.display()))?;
+        // Shared with the join task; unwrapped again at shutdown.
+        let raft = Arc::new(raft);
         {
-            let log = log.clone();
+            let log = raft.log().clone();
             metrics.register_log_stats(Arc::new(move || {
                 let stats = log.stats();
                 LogGauges {
@@ -182,12 +246,6 @@ impl RunningNode {
                 }
             }));
         }
-        let backend: Arc<dyn CommitLog> = Arc::new(LocalLog::new(
-            log.clone(),
-            config.node_id,
-            config.advertise_addr.clone(),
-            metrics.clone(),
-        ));
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (readiness, readiness_rx) = watch::channel(Readiness::default());
@@ -205,10 +263,17 @@ impl RunningNode {
             wait_for(shutdown_rx.clone()),
         ));
 
-        let service = LogService::new(backend, access, LogServiceLimits::default());
+        let service = LogService::new(
+            raft.commit_log(),
+            access.clone(),
+            LogServiceLimits::default(),
+        )
+        .with_metrics(metrics.clone());
         let routes = GrpcRoutes::new(service)
             .await
-            .context("building the gRPC services")?;
+            .context("building the gRPC services")?
+            .add_service(raft.raft_service(access.clone()))
+            .add_service(raft.admin_service(access));
         let health = routes.health();
         let grpc_listener = TcpListener::bind(config.listen_addr)
             .await
@@ -223,7 +288,27 @@ impl RunningNode {
         );
         let grpc_task =
             tokio::spawn(routes.serve(incoming, metrics.clone(), wait_for(shutdown_rx.clone())));
-        readiness.send_replace(Readiness::ready());
+        background.push(tokio::spawn(forward_readiness(
+            raft.readiness(),
+            readiness.clone(),
+        )));
+        if config.bootstrap {
+            match raft.bootstrap_if_new().await {
+                Ok(true) => tracing::info!("bootstrapped a new cluster"),
+                Ok(false) => tracing::info!("already initialized; --bootstrap has nothing to do"),
+                Err(e) => return Err(anyhow::anyhow!(e).context("bootstrapping the cluster")),
+            }
+        }
+        if !config.join.is_empty() {
+            let raft = Arc::clone(&raft);
+            let seeds = config.join.clone();
+            background.push(tokio::spawn(async move {
+                if let Err(e) = raft.join(&seeds).await {
+                    tracing::error!(error = %e, "joining the cluster failed");
+                }
+            }));
+        }
+        let log = raft.log().clone();
         tracing::info!(
             node_id = config.node_id,
             grpc = %grpc_addr,
@@ -239,7 +324,8 @@ impl RunningNode {
             tls_files,
             authorizer,
             metrics,
-            log,
+            raft,
+            leave_on_shutdown: config.leave_on_shutdown,
             health,
             readiness,
             shutdown,
@@ -274,11 +360,24 @@ impl RunningNode {
         &self.metrics
     }
 
-    /// Stops accepting, drains in-flight calls, closes the log.
+    /// The Raft node behind the services.
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    /// Stops accepting, drains in-flight calls, hands leadership over, closes the log.
     pub async fn shutdown(self) -> Result<()> {
-        tracing::info!("shutting down: draining in-flight calls");
+        tracing::info!("shutting down");
         self.readiness
             .send_replace(Readiness::not_ready("shutting down"));
+        if self.leave_on_shutdown {
+            match self.raft.leave().await {
+                Ok(()) => tracing::info!("left the cluster"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not leave the cluster before shutting down")
+                }
+            }
+        }
         self.health
             .set_not_serving::<logcluster_api::log_v1::log_server::LogServer<LogService>>()
             .await;
@@ -291,14 +390,31 @@ impl RunningNode {
         let _ = self.http_task.await;
         for task in self.background {
             task.abort();
+            let _ = task.await; // drops what the task held (the join task's Raft handle)
         }
-        let log = self.log;
-        tokio::task::spawn_blocking(move || log.close())
-            .await
-            .context("closing the commit log")?
-            .context("closing the commit log")?;
+        let raft = Arc::try_unwrap(self.raft)
+            .map_err(|_| anyhow::anyhow!("the Raft node is still in use at shutdown"))?;
+        raft.shutdown().await.context("shutting Raft down")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Mirrors the Raft node's readiness (voter, or caught-up learner) on `/readyz`.
+async fn forward_readiness(
+    mut raft: watch::Receiver<(bool, String)>,
+    readiness: watch::Sender<Readiness>,
+) {
+    loop {
+        let (ready, reason) = raft.borrow_and_update().clone();
+        readiness.send_replace(if ready {
+            Readiness::ready()
+        } else {
+            Readiness::not_ready(reason)
+        });
+        if raft.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,5 +1,9 @@
 //! Harnesses for LogCluster integration and end-to-end tests.
 //!
+//! * [`cluster`] — real `lognode` processes on loopback with fault injection (tier 3/4).
+//! * [`history`] — the client-side history and the P1–P8 checker.
 //! * [`k8s`] — a real etcd + kube-apiserver control plane on loopback (tier 5 of TESTING.md).
 
+pub mod cluster;
+pub mod history;
 pub mod k8s;

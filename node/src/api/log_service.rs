@@ -17,6 +17,7 @@ use super::access::{AccessControl, action};
 use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
 use super::status;
 use crate::log::{Entry, EntryKind};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::rpc_layer::{RpcFields, rpc_fields};
 
 /// Limits of the client API.
@@ -54,6 +55,7 @@ pub struct LogService {
     log: Arc<dyn CommitLog>,
     access: AccessControl,
     limits: LogServiceLimits,
+    metrics: Option<Metrics>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -64,6 +66,19 @@ impl LogService {
             log,
             access,
             limits,
+            metrics: None,
+        }
+    }
+
+    /// Counts records served to consumers (per node: shows which nodes serve reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_consumed(&self, records: u64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_consumed(records);
         }
     }
 
@@ -176,6 +191,7 @@ impl Log for LogService {
             )));
         }
         fields.add_count(1);
+        self.count_consumed(1);
         // NB: a Raft-internal entry is returned as what it is (its type says so, its value is
         // withheld): a client reading offsets one by one can step over it.
         Ok(Response::new(ConsumeResponse {
@@ -191,6 +207,10 @@ impl Log for LogService {
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         self.access.check(&request, action::CONSUME)?;
         let from = request.get_ref().offset;
+        let end = match request.get_ref().end_offset {
+            0 => u64::MAX,
+            end => end,
+        };
         let fields = rpc_fields(&request);
         fields.set_offset(from);
         let first = self.log.first_offset();
@@ -207,7 +227,9 @@ impl Log for LogService {
             log: Arc::clone(&self.log),
             committed: self.log.committed(),
             next: from,
+            end,
             limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
             fields,
         };
         tokio::spawn(follower.run(tx));
@@ -222,39 +244,22 @@ impl Log for LogService {
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let subject = self.access.check(&request, action::PRODUCE)?;
         let fields = rpc_fields(&request);
-        let log = Arc::clone(&self.log);
-        let access = self.access.clone();
-        let in_flight = self.limits.max_in_flight_per_stream;
-        // Many produces are committed concurrently (the log batches them into few fsyncs and
-        // Raft rounds); `buffered` keeps responses in request order.
-        let responses = request
-            .into_inner()
-            .map(move |message| {
-                let log = Arc::clone(&log);
-                let access = access.clone();
-                let subject = subject.clone();
-                let fields = fields.clone();
-                async move {
-                    // Re-checked per message so a policy change applies to open streams too.
-                    access.check_subject(&subject, action::PRODUCE)?;
-                    let offset = produce_one(log.as_ref(), message?.record).await?;
-                    fields.set_offset(offset);
-                    fields.add_count(1);
-                    Ok(ProduceResponse { offset })
-                }
-            })
-            .buffered(in_flight)
-            // The first error ends the stream (gRPC has no per-message status).
-            .scan(false, |failed, item: Result<ProduceResponse, Status>| {
-                let out = if *failed {
-                    None
-                } else {
-                    *failed = item.is_err();
-                    Some(item)
-                };
-                futures::future::ready(out)
-            });
-        Ok(Response::new(Box::pin(responses)))
+        let inbound = request.into_inner();
+        // A reader task keeps draining the HTTP/2 stream into a bounded queue while a batch
+        // commits, so that up to `max_in_flight_per_stream` produces wait together.
+        let (queued_tx, queued) = mpsc::channel(self.limits.max_in_flight_per_stream.max(1));
+        tokio::spawn(read_stream(inbound, queued_tx));
+        let (tx, rx) = mpsc::channel(self.limits.max_in_flight_per_stream.max(1));
+        let writer = StreamWriter {
+            log: Arc::clone(&self.log),
+            access: self.access.clone(),
+            subject,
+            fields,
+            max_records: self.limits.max_batch_records,
+            max_bytes: self.limits.max_batch_bytes,
+        };
+        tokio::spawn(writer.run(queued, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_servers(
@@ -330,19 +335,129 @@ impl Log for LogService {
     }
 }
 
+/// Forwards a client's produce stream into a queue until it ends, fails, or nobody listens.
+async fn read_stream(
+    mut inbound: Streaming<ProduceRequest>,
+    queued: mpsc::Sender<Result<ProduceRequest, Status>>,
+) {
+    loop {
+        let item = tokio::select! {
+            item = inbound.next() => item,
+            () = queued.closed() => return,
+        };
+        let Some(item) = item else { return };
+        let failed = item.is_err();
+        if queued.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Appends a `ProduceStream` in order: everything queued when the previous batch finished goes
+/// into the next append as one batch, so a stream's records get increasing offsets in request
+/// order while many of them share a commit.
+struct StreamWriter {
+    log: Arc<dyn CommitLog>,
+    access: AccessControl,
+    subject: String,
+    fields: RpcFields,
+    max_records: usize,
+    max_bytes: u64,
+}
+
+impl StreamWriter {
+    async fn run(
+        self,
+        mut queued: mpsc::Receiver<Result<ProduceRequest, Status>>,
+        responses: mpsc::Sender<Result<ProduceResponse, Status>>,
+    ) {
+        let max_record = self.log.max_record_bytes();
+        while let Some(first) = queued.recv().await {
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            // The error that ends the stream once the records before it are answered.
+            let mut failure = None;
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match self.accept(item, max_record) {
+                    Ok(record) => {
+                        bytes += record.value.len() as u64;
+                        batch.push(record);
+                    }
+                    Err(status) => {
+                        failure = Some(status);
+                        break;
+                    }
+                }
+                if batch.len() >= self.max_records || bytes >= self.max_bytes {
+                    break;
+                }
+                next = queued.try_recv().ok();
+            }
+            if !batch.is_empty() {
+                let count = batch.len();
+                match self.log.append(batch).await {
+                    Ok(offsets) if offsets.len() == count => {
+                        for offset in offsets {
+                            self.fields.set_offset(offset);
+                            self.fields.add_count(1);
+                            if responses
+                                .send(Ok(ProduceResponse { offset }))
+                                .await
+                                .is_err()
+                            {
+                                return; // the client went away
+                            }
+                        }
+                    }
+                    Ok(offsets) => {
+                        failure = Some(Status::internal(format!(
+                            "the log returned {} offsets for {count} records",
+                            offsets.len()
+                        )));
+                    }
+                    Err(e) => failure = Some(e.into()),
+                }
+            }
+            if let Some(status) = failure {
+                // The first error ends the stream (gRPC has no per-message status).
+                let _ = responses.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+
+    /// One queued request, checked: the ACL (re-checked per message, so a policy change applies
+    /// to open streams) and the record itself.
+    fn accept(
+        &self,
+        item: Result<ProduceRequest, Status>,
+        max_record: u64,
+    ) -> Result<NewRecord, Status> {
+        self.access.check_subject(&self.subject, action::PRODUCE)?;
+        Ok(new_record(item?.record, max_record)?)
+    }
+}
+
 /// Sends committed data records from `next` onwards, waiting on the commit watermark at the
 /// tail (never polling), until the client goes away or the log fails.
 struct TailFollower {
     log: Arc<dyn CommitLog>,
     committed: watch::Receiver<u64>,
     next: u64,
+    /// The stream ends (OK) on reaching this offset.
+    end: u64,
     limits: LogServiceLimits,
+    metrics: Option<Metrics>,
     fields: RpcFields,
 }
 
 impl TailFollower {
     async fn run(mut self, tx: mpsc::Sender<Result<ConsumeResponse, Status>>) {
         loop {
+            if self.next >= self.end {
+                return; // the requested range is complete
+            }
             let watermark = *self.committed.borrow_and_update();
             if self.next < watermark {
                 let entries = match self
@@ -361,6 +476,9 @@ impl TailFollower {
                     }
                 };
                 for entry in entries {
+                    if entry.index >= self.end {
+                        return;
+                    }
                     if entry.index != self.next {
                         let _ = tx
                             .send(Err(Status::internal(format!(
@@ -382,6 +500,9 @@ impl TailFollower {
                         return; // the client went away
                     }
                     self.fields.add_count(1);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.record_consumed(1);
+                    }
                 }
                 continue;
             }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use logcluster_node::cli::{certs, client};
+use logcluster_node::cli::{admin, bench, certs, client};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +26,10 @@ enum Command {
     Consume(client::ConsumeArgs),
     /// List the cluster's members, their roles and the leader.
     Servers(client::ServersArgs),
+    /// Cluster membership and leadership (needs the admin permission).
+    Admin(admin::AdminArgs),
+    /// Load the cluster with concurrent producers; prints records/s, MB/s and latency.
+    Bench(bench::BenchArgs),
     /// Create a CA and issue node and client certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -41,6 +45,8 @@ fn main() -> Result<()> {
             Command::Produce(args) => client::produce(args).await,
             Command::Consume(args) => client::consume(args).await,
             Command::Servers(args) => client::servers(args).await,
+            Command::Admin(args) => admin::admin(args).await,
+            Command::Bench(args) => bench::bench(args).await,
             Command::Certs(command) => certs::run(command),
         }
     })

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::StreamExt;
-use logcluster_api::log_v1::{Record, RecordType, ServerRole};
+use logcluster_api::log_v1::{Record, ServerRole};
 use logcluster_api::{ClientConfig, ClientError, ClientTls, LogClient};
 
 /// Where the cluster is and who we are.
@@ -197,14 +197,15 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         Err(e) => return Err(explain(e)),
         Ok(_) => bail!("the server returned a record at offset {}", u64::MAX),
     };
-    let mut offset = args.from;
-    while offset < end && printed < limit {
-        let record = client.consume(offset).await.map_err(explain)?;
-        if record.r#type == RecordType::Data as u32 {
-            print_record(&mut out, &record, args.format)?;
-            printed += 1;
+    let mut stream = Box::pin(client.consume_range(args.from, end));
+    while printed < limit {
+        match stream.next().await {
+            Some(record) => {
+                print_record(&mut out, &record.map_err(explain)?, args.format)?;
+                printed += 1;
+            }
+            None => break,
         }
-        offset += 1;
     }
     Ok(())
 }

@@ -390,10 +390,12 @@ pub async fn publish_servers(
                 true
             }
         });
+        // Throttle *after* publishing: a change after a quiet spell shows at once, a burst of
+        // replication-position updates at most every `min_interval`.
+        tokio::time::sleep(min_interval).await;
         if metrics.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(min_interval).await;
     }
 }
 

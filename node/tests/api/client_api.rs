@@ -17,45 +17,66 @@ fn record(value: &str) -> Option<Record> {
     })
 }
 
+fn consume(offset: u64) -> ConsumeRequest {
+    ConsumeRequest {
+        offset,
+        end_offset: 0,
+    }
+}
+
+async fn produce(client: &mut crate::support::RawLog, value: &str) -> u64 {
+    client
+        .produce(ProduceRequest {
+            record: record(value),
+        })
+        .await
+        .expect("produce")
+        .into_inner()
+        .offset
+}
+
 #[tokio::test]
 async fn produced_records_are_consumed_back_at_their_offsets() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
     let mut offsets = Vec::new();
     for value in ["first", "second", "third"] {
-        let response = client
-            .produce(ProduceRequest {
-                record: record(value),
-            })
-            .await
-            .expect("produce");
-        offsets.push(response.into_inner().offset);
+        offsets.push(produce(&mut client, value).await);
     }
-    assert_eq!(offsets, vec![0, 1, 2]);
+    // Offsets are Raft indexes: the cluster's own entries (membership, the leader's blank entry)
+    // come first; one producer's records then follow each other.
+    let base = offsets[0];
+    assert_eq!(offsets, vec![base, base + 1, base + 2]);
     for (offset, value) in offsets.iter().zip(["first", "second", "third"]) {
-        let response = client
-            .consume(ConsumeRequest { offset: *offset })
+        let got = client
+            .consume(consume(*offset))
             .await
             .expect("consume")
-            .into_inner();
-        let got = response.record.expect("record");
+            .into_inner()
+            .record
+            .expect("record");
         assert_eq!(got.value, value.as_bytes());
         assert_eq!(got.offset, *offset);
         assert_eq!(got.r#type, RecordType::Data as u32);
         assert!(got.timestamp_unix_ms > 0, "the leader stamps records");
     }
+    // The entries before the first record are Raft's own: typed as such, their value withheld.
+    let internal = client
+        .consume(consume(0))
+        .await
+        .expect("consume offset 0")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_ne!(internal.r#type, RecordType::Data as u32);
+    assert!(internal.value.is_empty());
 }
 
 #[tokio::test]
 async fn a_batch_is_appended_in_one_call_with_offsets_in_order() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
-    client
-        .produce(ProduceRequest {
-            record: record("before"),
-        })
-        .await
-        .expect("produce");
+    let before = produce(&mut client, "before").await;
     let values: Vec<String> = (0..100).map(|i| format!("batch-{i}")).collect();
     let response = client
         .produce_batch(ProduceBatchRequest {
@@ -64,12 +85,12 @@ async fn a_batch_is_appended_in_one_call_with_offsets_in_order() {
         .await
         .expect("batch")
         .into_inner();
-    assert_eq!(response.offsets, (1..=100).collect::<Vec<u64>>());
+    assert_eq!(
+        response.offsets,
+        (before + 1..=before + 100).collect::<Vec<u64>>()
+    );
     for (offset, value) in response.offsets.iter().zip(&values) {
-        let got = client
-            .consume(ConsumeRequest { offset: *offset })
-            .await
-            .expect("consume");
+        let got = client.consume(consume(*offset)).await.expect("consume");
         assert_eq!(
             got.into_inner().record.expect("record").value,
             value.as_bytes()
@@ -83,7 +104,7 @@ async fn a_batch_is_appended_in_one_call_with_offsets_in_order() {
 }
 
 #[tokio::test]
-async fn produce_stream_commits_many_in_flight_requests_in_order() {
+async fn produce_stream_commits_many_in_flight_requests_in_request_order() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
     const N: usize = 2000;
@@ -99,16 +120,12 @@ async fn produce_stream_commits_many_in_flight_requests_in_order() {
     while let Some(response) = responses.next().await {
         offsets.push(response.expect("produce").offset);
     }
-    assert_eq!(
-        offsets,
-        (0..N as u64).collect::<Vec<u64>>(),
-        "one response per request, in order"
-    );
+    assert_eq!(offsets.len(), N, "one response per request");
+    // One stream's records keep their order in the log (and nothing else writes here).
+    let base = offsets[0];
+    assert_eq!(offsets, (base..base + N as u64).collect::<Vec<u64>>());
     for i in [0usize, N / 2, N - 1] {
-        let got = client
-            .consume(ConsumeRequest { offset: i as u64 })
-            .await
-            .expect("consume");
+        let got = client.consume(consume(offsets[i])).await.expect("consume");
         assert_eq!(
             got.into_inner().record.expect("record").value,
             format!("stream-{i}").as_bytes()
@@ -117,29 +134,70 @@ async fn produce_stream_commits_many_in_flight_requests_in_order() {
 }
 
 #[tokio::test]
+async fn a_bad_record_in_a_produce_stream_ends_it_after_answering_the_ones_before() {
+    let node = TestNode::start_with(Options {
+        max_record_bytes: 1024,
+        ..Options::default()
+    })
+    .await;
+    let mut client = node.client_as("root").await;
+    let big = "x".repeat(2048);
+    let requests = futures::stream::iter(vec![
+        ProduceRequest {
+            record: record("a"),
+        },
+        ProduceRequest {
+            record: record("b"),
+        },
+        ProduceRequest {
+            record: record(&big),
+        },
+        ProduceRequest {
+            record: record("never"),
+        },
+    ]);
+    let mut responses = client
+        .produce_stream(requests)
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = responses.next().await.expect("answer").expect("a");
+    let second = responses.next().await.expect("answer").expect("b");
+    assert_eq!(second.offset, first.offset + 1);
+    let error = responses
+        .next()
+        .await
+        .expect("answer")
+        .expect_err("too large");
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert!(
+        responses.next().await.is_none(),
+        "the stream ends at the error"
+    );
+    assert_eq!(committed_end(&mut client).await, second.offset + 1);
+}
+
+#[tokio::test]
 async fn consume_stream_started_before_records_exist_receives_them_as_they_commit() {
     let node = TestNode::start().await;
     let mut consumer = node.client_as("root").await;
     let mut producer = node.client_as("root").await;
+    let from = committed_end(&mut consumer).await;
     let mut stream = consumer
-        .consume_stream(ConsumeRequest { offset: 0 })
+        .consume_stream(consume(from))
         .await
         .expect("stream")
         .into_inner();
     for i in 0..5 {
-        producer
-            .produce(ProduceRequest {
-                record: record(&format!("live-{i}")),
-            })
-            .await
-            .expect("produce");
+        let offset = produce(&mut producer, &format!("live-{i}")).await;
         let got = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .expect("the record arrives")
             .expect("stream open")
+            .expect("record")
+            .record
             .expect("record");
-        let got = got.record.expect("record");
-        assert_eq!(got.offset, i);
+        assert_eq!(got.offset, offset);
         assert_eq!(got.value, format!("live-{i}").as_bytes());
     }
     // The client goes away: the server ends the call (logged and counted as CANCELLED).
@@ -160,20 +218,16 @@ async fn consume_stream_started_before_records_exist_receives_them_as_they_commi
 async fn consume_stream_from_a_later_offset_skips_earlier_records() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
+    let mut offsets = Vec::new();
     for i in 0..10 {
-        client
-            .produce(ProduceRequest {
-                record: record(&format!("r{i}")),
-            })
-            .await
-            .expect("produce");
+        offsets.push(produce(&mut client, &format!("r{i}")).await);
     }
     let mut stream = client
-        .consume_stream(ConsumeRequest { offset: 7 })
+        .consume_stream(consume(offsets[7]))
         .await
         .expect("stream")
         .into_inner();
-    for expected in 7..10u64 {
+    for expected in &offsets[7..] {
         let got = stream
             .next()
             .await
@@ -181,22 +235,41 @@ async fn consume_stream_from_a_later_offset_skips_earlier_records() {
             .expect("record")
             .record
             .expect("record");
-        assert_eq!(got.offset, expected);
+        assert_eq!(got.offset, *expected);
     }
+}
+
+#[tokio::test]
+async fn consume_stream_with_an_end_offset_stops_there() {
+    let node = TestNode::start().await;
+    let mut client = node.client_as("root").await;
+    let mut offsets = Vec::new();
+    for i in 0..5 {
+        offsets.push(produce(&mut client, &format!("r{i}")).await);
+    }
+    let mut stream = client
+        .consume_stream(ConsumeRequest {
+            offset: offsets[1],
+            end_offset: offsets[4],
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(message) = stream.message().await.expect("the range ends with OK") {
+        got.push(message.record.expect("record").offset);
+    }
+    assert_eq!(got, offsets[1..4].to_vec());
 }
 
 #[tokio::test]
 async fn out_of_range_reads_carry_the_valid_range_in_error_details() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
-    client
-        .produce(ProduceRequest {
-            record: record("only"),
-        })
-        .await
-        .expect("produce");
+    let last = produce(&mut client, "only").await;
+    let beyond = last + 5;
     let status = client
-        .consume(ConsumeRequest { offset: 5 })
+        .consume(consume(beyond))
         .await
         .expect_err("beyond the end");
     assert_eq!(status.code(), Code::OutOfRange);
@@ -204,12 +277,14 @@ async fn out_of_range_reads_carry_the_valid_range_in_error_details() {
     let info = details.error_info().expect("ErrorInfo");
     assert_eq!(info.reason, "OFFSET_OUT_OF_RANGE");
     assert_eq!(info.domain, "logcluster.io");
-    assert_eq!(info.metadata["offset"], "5");
+    assert_eq!(info.metadata["offset"], beyond.to_string());
     assert_eq!(info.metadata["first_offset"], "0");
-    assert_eq!(info.metadata["next_offset"], "1");
+    assert_eq!(info.metadata["next_offset"], (last + 1).to_string());
     let localized = details.localized_message().expect("LocalizedMessage");
     assert!(
-        localized.message.contains("outside the log's range: 5"),
+        localized
+            .message
+            .contains(&format!("outside the log's range: {beyond}")),
         "{}",
         localized.message
     );
@@ -223,12 +298,8 @@ async fn an_oversized_record_is_refused_and_nothing_is_written() {
     })
     .await;
     let mut client = node.client_as("root").await;
-    client
-        .produce(ProduceRequest {
-            record: record("small"),
-        })
-        .await
-        .expect("produce");
+    produce(&mut client, "small").await;
+    let end = committed_end(&mut client).await;
     let big = "x".repeat(2048);
     let status = client
         .produce(ProduceRequest {
@@ -250,17 +321,14 @@ async fn an_oversized_record_is_refused_and_nothing_is_written() {
         .await
         .expect_err("batch with a too-large record");
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert_eq!(
-        committed_end(&mut client).await,
-        1,
-        "nothing after the first record was written"
-    );
+    assert_eq!(committed_end(&mut client).await, end, "nothing was written");
 }
 
 #[tokio::test]
 async fn malformed_produces_are_invalid_arguments_and_write_nothing() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
+    let end = committed_end(&mut client).await;
     let missing = client
         .produce(ProduceRequest { record: None })
         .await
@@ -277,48 +345,52 @@ async fn malformed_produces_are_invalid_arguments_and_write_nothing() {
         .await
         .expect_err("clients cannot write membership entries");
     assert_eq!(internal.code(), Code::InvalidArgument);
-    assert_eq!(committed_end(&mut client).await, 0);
+    assert_eq!(committed_end(&mut client).await, end);
 }
 
 #[tokio::test]
 async fn get_servers_lists_the_node_as_leader() {
     let node = TestNode::start().await;
     let mut client = node.client_as("root").await;
-    let servers = client
-        .get_servers(GetServersRequest {})
-        .await
-        .expect("servers")
-        .into_inner()
-        .servers;
-    assert_eq!(servers.len(), 1);
+    // The member list follows Raft's metrics a moment after they change.
+    let mut servers = Vec::new();
+    for _ in 0..100 {
+        servers = client
+            .get_servers(GetServersRequest {})
+            .await
+            .expect("servers")
+            .into_inner()
+            .servers;
+        if !servers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(servers.len(), 1, "{servers:?}");
     assert!(servers[0].is_leader);
     assert_eq!(servers[0].id, "0");
+    assert_eq!(servers[0].rpc_addr, node.config.advertise_addr);
 }
 
 #[tokio::test]
 async fn records_survive_a_restart_of_the_node() {
     let mut node = TestNode::start().await;
+    let mut offsets = Vec::new();
     {
         let mut client = node.client_as("root").await;
         for i in 0..3 {
-            client
-                .produce(ProduceRequest {
-                    record: record(&format!("durable-{i}")),
-                })
-                .await
-                .expect("produce");
+            offsets.push(produce(&mut client, &format!("durable-{i}")).await);
         }
     }
     // Same data directory, same certificates: what a new process would find.
     node.restart().await;
     let mut client = node.client_as("root").await;
-    assert_eq!(committed_end(&mut client).await, 3);
-    let got = client
-        .consume(ConsumeRequest { offset: 2 })
-        .await
-        .expect("consume");
-    assert_eq!(
-        got.into_inner().record.expect("record").value,
-        "durable-2".as_bytes()
-    );
+    assert!(committed_end(&mut client).await > offsets[2]);
+    for (i, offset) in offsets.iter().enumerate() {
+        let got = client.consume(consume(*offset)).await.expect("consume");
+        assert_eq!(
+            got.into_inner().record.expect("record").value,
+            format!("durable-{i}").as_bytes()
+        );
+    }
 }

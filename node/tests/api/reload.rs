@@ -37,7 +37,10 @@ async fn policy_changes_grant_and_revoke_access_live_without_dropping_streams() 
     // A consumer's stream is open while the policy changes twice.
     let mut consumer = node.client_as("consumer").await;
     let mut stream = consumer
-        .consume_stream(ConsumeRequest { offset: 0 })
+        .consume_stream(ConsumeRequest {
+            offset: 0,
+            end_offset: 0,
+        })
         .await
         .expect("stream")
         .into_inner();
@@ -97,7 +100,10 @@ async fn policy_changes_grant_and_revoke_access_live_without_dropping_streams() 
     );
     assert_eq!(
         consumer
-            .consume(ConsumeRequest { offset })
+            .consume(ConsumeRequest {
+                offset,
+                end_offset: 0
+            })
             .await
             .expect_err("revoked")
             .code(),

@@ -25,6 +25,8 @@ fn request(value: &'static str) -> ProduceRequest {
 
 /// A client with `tls` cannot produce, and the log stays empty.
 async fn assert_refused(node: &TestNode, tls: ClientTlsConfig, case: &str) {
+    let mut root = node.client_as("root").await;
+    let before = committed_end(&mut root).await;
     match node.try_channel(tls).await {
         Err(e) => {
             // Refused during the handshake (TLS 1.2-style, or verification on our side).
@@ -46,10 +48,9 @@ async fn assert_refused(node: &TestNode, tls: ClientTlsConfig, case: &str) {
             );
         }
     }
-    let mut root = node.client_as("root").await;
     assert_eq!(
         committed_end(&mut root).await,
-        0,
+        before,
         "{case}: nothing may be written"
     );
 }
@@ -106,6 +107,8 @@ async fn a_server_only_certificate_cannot_be_used_as_a_client() {
 #[tokio::test]
 async fn the_client_refuses_a_server_certificate_with_the_wrong_name() {
     let node = TestNode::start().await;
+    let mut root = node.client_as("root").await;
+    let before = committed_end(&mut root).await;
     let tls = tls_with(&node.pki.ca_path(), &node.pki.dir, Some("root"))
         .domain_name("not-the-node.example");
     match node.try_channel(tls).await {
@@ -118,13 +121,14 @@ async fn the_client_refuses_a_server_certificate_with_the_wrong_name() {
             assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         }
     }
-    let mut root = node.client_as("root").await;
-    assert_eq!(committed_end(&mut root).await, 0);
+    assert_eq!(committed_end(&mut root).await, before);
 }
 
 #[tokio::test]
 async fn plaintext_http2_to_the_tls_port_is_refused() {
     let node = TestNode::start().await;
+    let mut root = node.client_as("root").await;
+    let before = committed_end(&mut root).await;
     let result = async {
         let channel = Endpoint::from_shared(format!("http://{}", node.addr()))?
             .connect_timeout(Duration::from_secs(5))
@@ -139,8 +143,7 @@ async fn plaintext_http2_to_the_tls_port_is_refused() {
         Err(_) => {}
         Ok(status) => assert!(status.is_some(), "a plaintext call must fail"),
     }
-    let mut root = node.client_as("root").await;
-    assert_eq!(committed_end(&mut root).await, 0);
+    assert_eq!(committed_end(&mut root).await, before);
 }
 
 /// A TLS 1.1 ClientHello (RSA/AES128-CBC-SHA, no extensions).
@@ -183,6 +186,8 @@ async fn tls_1_1_is_refused() {
 #[tokio::test]
 async fn a_subject_without_permission_is_denied_with_details() {
     let node = TestNode::start().await;
+    let mut root = node.client_as("root").await;
+    let before = committed_end(&mut root).await;
     let mut nobody = node.client_as("nobody").await;
     let status = nobody.produce(request("x")).await.expect_err("denied");
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -192,12 +197,14 @@ async fn a_subject_without_permission_is_denied_with_details() {
     assert_eq!(info.metadata["subject"], "nobody");
     assert_eq!(info.metadata["action"], "produce");
     let status = nobody
-        .consume(ConsumeRequest { offset: 0 })
+        .consume(ConsumeRequest {
+            offset: 0,
+            end_offset: 0,
+        })
         .await
         .expect_err("denied");
     assert_eq!(status.code(), Code::PermissionDenied);
-    let mut root = node.client_as("root").await;
-    assert_eq!(committed_end(&mut root).await, 0);
+    assert_eq!(committed_end(&mut root).await, before);
 }
 
 #[tokio::test]
@@ -212,17 +219,26 @@ async fn produce_only_and_consume_only_subjects_stay_in_their_lane() {
         .into_inner()
         .offset;
     consumer
-        .consume(ConsumeRequest { offset })
+        .consume(ConsumeRequest {
+            offset,
+            end_offset: 0,
+        })
         .await
         .expect("consumer consumes");
 
     let status = producer
-        .consume(ConsumeRequest { offset })
+        .consume(ConsumeRequest {
+            offset,
+            end_offset: 0,
+        })
         .await
         .expect_err("producer consuming");
     assert_eq!(status.code(), Code::PermissionDenied);
     let status = producer
-        .consume_stream(ConsumeRequest { offset })
+        .consume_stream(ConsumeRequest {
+            offset,
+            end_offset: 0,
+        })
         .await
         .expect_err("producer streaming");
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -251,7 +267,7 @@ async fn produce_only_and_consume_only_subjects_stay_in_their_lane() {
     let mut root = node.client_as("root").await;
     assert_eq!(
         committed_end(&mut root).await,
-        1,
+        offset + 1,
         "only the producer's record exists"
     );
 }

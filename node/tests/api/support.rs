@@ -15,6 +15,9 @@ use logcluster_node::log::{FsyncPolicy, LogConfig};
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The generated client over a TLS channel.
+pub type RawLog = RawClient<Channel>;
+
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The default ACL of the tests: who may do what.
@@ -106,28 +109,28 @@ impl TestNode {
         }
         let policy_path = dir.path().join("policy.csv");
         std::fs::write(&policy_path, options.policy).expect("policy");
-        let config = NodeConfig {
-            node_id: 0,
-            data_dir: dir.path().join("data"),
-            listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            advertise_addr: "127.0.0.1:0".into(),
-            http_listen_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            tls: TlsFiles::new(
+        let mut config = NodeConfig::new(
+            0,
+            dir.path().join("data"),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            TlsFiles::new(
                 pki.ca_path(),
                 pki.dir.join("node.pem"),
                 pki.dir.join("node-key.pem"),
             ),
-            acl_model_file: None,
-            acl_policy_file: policy_path.clone(),
-            log: LogConfig {
-                fsync: FsyncPolicy::Always,
-                max_record_bytes: options.max_record_bytes,
-                ..LogConfig::default()
-            },
+            policy_path.clone(),
+        );
+        // A single-voter cluster: it elects itself and commits on its own fsync.
+        config.bootstrap = true;
+        config.log = LogConfig {
+            fsync: FsyncPolicy::Always,
+            max_record_bytes: options.max_record_bytes,
+            ..LogConfig::default()
         };
         let node = RunningNode::start(config.clone())
             .await
             .expect("node starts");
+        wait_until_leader(&node).await;
         TestNode {
             dir,
             pki,
@@ -177,11 +180,11 @@ impl TestNode {
     /// Stops the node (if running) and starts it again on the same data and certificates.
     pub async fn restart(&mut self) {
         self.shutdown().await;
-        self.node = Some(
-            RunningNode::start(self.config.clone())
-                .await
-                .expect("node restarts"),
-        );
+        let node = RunningNode::start(self.config.clone())
+            .await
+            .expect("node restarts");
+        wait_until_leader(&node).await;
+        self.node = Some(node);
     }
 
     pub async fn shutdown(&mut self) {
@@ -231,7 +234,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The `next_offset` the server reports through an OUT_OF_RANGE refusal.
 pub async fn committed_end(client: &mut RawClient<Channel>) -> u64 {
     let status = client
-        .consume(logcluster_api::log_v1::ConsumeRequest { offset: u64::MAX })
+        .consume(logcluster_api::log_v1::ConsumeRequest {
+            offset: u64::MAX,
+            end_offset: 0,
+        })
         .await
         .expect_err("no record at u64::MAX");
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
@@ -256,4 +262,23 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits (bounded) until the node leads its single-voter cluster, has applied its own first
+/// entries (so the commit watermark stands still until a client writes) and reports ready.
+async fn wait_until_leader(node: &RunningNode) {
+    let raft = node.raft().raft().clone();
+    raft.wait(Some(Duration::from_secs(20)))
+        .metrics(
+            |m| {
+                m.current_leader == Some(0)
+                    && m.last_log_index.is_some()
+                    && m.last_applied.as_ref().map(|id| id.index) == m.last_log_index
+            },
+            "the single node leads and has applied its own entries",
+        )
+        .await
+        .expect("the node becomes leader");
+    let addr = node.http_addr();
+    eventually("/readyz", || async move { http_get(addr, "/readyz").await.0 == 200 }).await;
 }

@@ -416,7 +416,10 @@ impl LogClient {
                         continue;
                     }
                 };
-                let mut request = tonic::Request::new(ConsumeRequest { offset });
+                let mut request = tonic::Request::new(ConsumeRequest {
+                    offset,
+                    end_offset: 0,
+                });
                 request.set_timeout(self.shared.config.request_timeout);
                 match self.raw(channel).consume(request).await {
                     Ok(response) => match response.into_inner().record {
@@ -459,13 +462,38 @@ impl LogClient {
         &self,
         from: u64,
     ) -> impl Stream<Item = Result<Record, ClientError>> + Send + 'static {
+        self.spawn_follower(from, None)
+    }
+
+    /// Streams committed data records in `[from, end)` and then ends: "everything up to here"
+    /// in one call (e.g. `end` = the committed end learned from an out-of-range answer).
+    pub fn consume_range(
+        &self,
+        from: u64,
+        end: u64,
+    ) -> impl Stream<Item = Result<Record, ClientError>> + Send + 'static {
+        self.spawn_follower(from, Some(end))
+    }
+
+    fn spawn_follower(
+        &self,
+        from: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = Result<Record, ClientError>> + Send + 'static {
         let client = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move { client.follow(from, tx).await });
+        if end.is_none_or(|end| from < end) {
+            tokio::spawn(async move { client.follow(from, end, tx).await });
+        }
         tokio_stream_from(rx)
     }
 
-    async fn follow(&self, from: u64, tx: tokio::sync::mpsc::Sender<Result<Record, ClientError>>) {
+    async fn follow(
+        &self,
+        from: u64,
+        end: Option<u64>,
+        tx: tokio::sync::mpsc::Sender<Result<Record, ClientError>>,
+    ) {
         let mut next = from;
         let mut attempt = 0u32;
         let mut failing_since: Option<Instant> = None;
@@ -482,7 +510,10 @@ impl LogClient {
                 };
                 let mut stream = match self
                     .raw(channel)
-                    .consume_stream(ConsumeRequest { offset: next })
+                    .consume_stream(ConsumeRequest {
+                        offset: next,
+                        end_offset: end.unwrap_or(0),
+                    })
                     .await
                 {
                     Ok(response) => response.into_inner(),
@@ -513,6 +544,9 @@ impl LogClient {
                                 }
                             }
                             Ok(None) => {
+                                if end.is_some() {
+                                    return; // the server reached `end`: the range is complete
+                                }
                                 last_error = format!("{target}: the stream ended");
                                 break;
                             }

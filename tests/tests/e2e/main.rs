@@ -5,5 +5,6 @@
 //! `cargo test -p logcluster-tests --test e2e k8s_`.
 
 mod helm_chart;
+mod cluster_raft;
 mod k8s_harness;
 mod k8s_operator;

@@ -1,0 +1,627 @@
+//! A cluster of real `lognode` processes on loopback (tier 3 of TESTING.md).
+//!
+//! Node *i* of a cluster listens on `127.0.<subnet>.<i+1>` with the default ports (8400 gRPC,
+//! 8401 gossip, 8402 HTTP), so clusters of tests running in parallel never share a port: each
+//! test picks its own subnet. Every node has its own data directory and certificates issued by
+//! the cluster's CA; clients connect with the `root` (produce + consume + admin) certificate.
+//! Faults: SIGKILL, SIGSTOP/SIGCONT, restart, and cutting a stopped node's files back.
+
+mod pki;
+mod workload;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use logcluster_api::admin_v1::admin_client::AdminClient;
+use logcluster_api::admin_v1::{ClusterStatusRequest, ClusterStatusResponse};
+use logcluster_api::log_v1::ConsumeRequest;
+use logcluster_api::log_v1::log_client::LogClient as RawClient;
+use logcluster_api::{ClientConfig, ClientTls, LogClient};
+use tonic::transport::Channel;
+
+use crate::history::NodeLog;
+use crate::k8s::ChildProcess;
+pub use pki::ClusterPki;
+pub use workload::{Workload, outcome_of};
+
+/// gRPC port of every node.
+pub const GRPC_PORT: u16 = 8400;
+/// Gossip port of every node.
+pub const GOSSIP_PORT: u16 = 8401;
+/// Health/metrics port of every node.
+pub const HTTP_PORT: u16 = 8402;
+
+/// Errors of the harness (tests panic on them with the message).
+pub type Result<T> = std::result::Result<T, String>;
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Number of nodes started by [`ProcessCluster::start`].
+    pub nodes: usize,
+    /// Third octet of the nodes' loopback addresses: unique per test.
+    pub subnet: u8,
+    /// `--fsync` of every node.
+    pub fsync: &'static str,
+    /// How nodes find each other: Raft join through node 0 (`--join`) or gossip seeds.
+    pub discovery: Discovery,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
+}
+
+/// How nodes beyond the first become members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// `lognode --join <node 0>` (admin AddNode).
+    Join,
+    /// `--gossip-seed <node 0>`: the leader adds nodes it discovers.
+    Gossip,
+}
+
+impl ClusterSpec {
+    pub fn new(nodes: usize, subnet: u8) -> Self {
+        ClusterSpec {
+            nodes,
+            subnet,
+            fsync: "always",
+            discovery: Discovery::Join,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One node of the cluster.
+pub struct NodeProcess {
+    pub id: u64,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    process: Option<ChildProcess>,
+    paused: bool,
+}
+
+impl NodeProcess {
+    /// `ip:8400`.
+    pub fn grpc_addr(&self) -> String {
+        format!("{}:{GRPC_PORT}", self.ip)
+    }
+
+    pub fn http_addr(&self) -> String {
+        format!("{}:{HTTP_PORT}", self.ip)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildProcess::pid)
+    }
+
+    /// The node's log output so far (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// The `lognode` binary built alongside the tests (`<target>/<profile>/lognode`).
+pub fn lognode_binary() -> Result<PathBuf> {
+    binary("lognode")
+}
+
+/// The `logctl` binary built alongside the tests.
+pub fn logctl_binary() -> Result<PathBuf> {
+    binary("logctl")
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    if let Ok(path) = std::env::var(format!("LOGCLUSTER_{}_BIN", name.to_ascii_uppercase())) {
+        return Ok(PathBuf::from(path));
+    }
+    // Test binaries live in <target>/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
+    let path = profile_dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: build it first (`cargo build --workspace`; `make test` does)",
+            path.display()
+        ))
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped child.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// A cluster of `lognode` processes.
+pub struct ProcessCluster {
+    pub spec: ClusterSpec,
+    pub dir: tempfile::TempDir,
+    pub pki: ClusterPki,
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl ProcessCluster {
+    /// Starts `spec.nodes` nodes: node 0 bootstraps, the others join; waits until all are
+    /// voters of one cluster with a leader.
+    pub async fn start(spec: ClusterSpec) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("logcluster-{}-", spec.subnet))
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let ips: Vec<Ipv4Addr> = (0..16)
+            .map(|i| Ipv4Addr::new(127, 0, spec.subnet, i + 1))
+            .collect();
+        let pki = ClusterPki::create(&dir.path().join("certs"), &ips)?;
+        let mut cluster = ProcessCluster {
+            spec: spec.clone(),
+            dir,
+            pki,
+            nodes: Vec::new(),
+        };
+        for _ in 0..spec.nodes {
+            cluster.add_node_process()?;
+        }
+        cluster
+            .wait_for_voters(spec.nodes, Duration::from_secs(60))
+            .await?;
+        Ok(cluster)
+    }
+
+    /// Starts one more node (id = next index) that joins the running cluster.
+    pub fn add_node_process(&mut self) -> Result<usize> {
+        let index = self.nodes.len();
+        let ip = Ipv4Addr::new(127, 0, self.spec.subnet, index as u8 + 1);
+        let data_dir = self.dir.path().join(format!("node-{index}"));
+        std::fs::create_dir_all(&data_dir).map_err(|e| format!("mkdir: {e}"))?;
+        let node = NodeProcess {
+            id: index as u64,
+            ip,
+            log_path: self.dir.path().join(format!("node-{index}.log")),
+            data_dir,
+            process: None,
+            paused: false,
+        };
+        self.nodes.push(node);
+        self.spawn(index)?;
+        Ok(index)
+    }
+
+    fn node_args(&self, index: usize) -> Vec<String> {
+        let node = &self.nodes[index];
+        let first = &self.nodes[0];
+        let mut args = vec![
+            format!("--node-id={}", node.id),
+            format!("--data-dir={}", node.data_dir.display()),
+            format!("--listen-addr={}:{GRPC_PORT}", node.ip),
+            format!("--advertise-addr={}:{GRPC_PORT}", node.ip),
+            format!("--gossip-listen-addr={}:{GOSSIP_PORT}", node.ip),
+            format!("--gossip-advertise-addr={}:{GOSSIP_PORT}", node.ip),
+            format!("--http-listen-addr={}:{HTTP_PORT}", node.ip),
+            format!("--tls-ca-file={}", self.pki.ca.display()),
+            format!("--tls-cert-file={}", self.pki.node_cert.display()),
+            format!("--tls-key-file={}", self.pki.node_key.display()),
+            format!("--acl-policy-file={}", self.pki.policy.display()),
+            format!("--gossip-key-file={}", self.pki.gossip_key.display()),
+            format!("--fsync={}", self.spec.fsync),
+            "--heartbeat-interval=100ms".into(),
+            "--log-format=json".into(),
+            "--log-level=info,openraft=warn".into(),
+        ];
+        match self.spec.discovery {
+            Discovery::Join => {
+                if index == 0 {
+                    args.push("--bootstrap".into());
+                } else {
+                    args.push(format!("--join={}:{GRPC_PORT}", first.ip));
+                }
+            }
+            Discovery::Gossip => {
+                if index == 0 {
+                    args.push("--bootstrap".into());
+                }
+                args.push(format!("--gossip-seed={}:{GOSSIP_PORT}", first.ip));
+            }
+        }
+        args.extend(self.spec.extra_args.iter().cloned());
+        args
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<()> {
+        let mut command = Command::new(lognode_binary()?);
+        command
+            .args(self.node_args(index))
+            .env("RUST_BACKTRACE", "1");
+        let node = &mut self.nodes[index];
+        // Keep earlier runs' output: append a marker and reopen for append via a new file name.
+        let log = node.log_path.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ));
+        let process = ChildProcess::spawn(&format!("lognode-{index}"), command, &log)
+            .map_err(|e| e.to_string())?;
+        node.log_path = log;
+        node.process = Some(process);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            signal(process.pid(), libc::SIGKILL);
+            process.stop(); // reaps
+        }
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            if self.nodes[index].paused {
+                signal(process.pid(), libc::SIGCONT);
+            }
+            process.stop();
+        }
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn pause(&mut self, index: usize) {
+        if let Some(pid) = self.nodes[index].pid() {
+            signal(pid, libc::SIGSTOP);
+            self.nodes[index].paused = true;
+        }
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, index: usize) {
+        if let Some(pid) = self.nodes[index].pid() {
+            signal(pid, libc::SIGCONT);
+            self.nodes[index].paused = false;
+        }
+    }
+
+    /// Starts a stopped node again on its data directory (it does not bootstrap or join again:
+    /// it is already a member).
+    pub fn restart(&mut self, index: usize) -> Result<()> {
+        self.stop(index);
+        self.spawn(index)
+    }
+
+    /// TLS settings of the `root` client.
+    pub fn client_tls(&self) -> Result<ClientTls> {
+        ClientTls::from_files(&self.pki.ca, &self.pki.client_cert, &self.pki.client_key)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A leader-aware client seeded with every running node.
+    pub async fn client(&self) -> Result<LogClient> {
+        let seeds = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(NodeProcess::grpc_addr)
+            .collect();
+        let mut config = ClientConfig::new(seeds, self.client_tls()?);
+        config.retry_deadline = Duration::from_secs(30);
+        config.request_timeout = Duration::from_secs(5);
+        LogClient::connect(config).await.map_err(|e| e.to_string())
+    }
+
+    /// A channel to one node (no routing).
+    pub async fn channel_to(&self, index: usize) -> Result<Channel> {
+        let client = LogClient::connect(ClientConfig::new(
+            vec![self.nodes[index].grpc_addr()],
+            self.client_tls()?,
+        ))
+        .await
+        .map_err(|e| format!("node {index}: {e}"))?;
+        client
+            .channel(&self.nodes[index].grpc_addr())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// `ClusterStatus` as node `index` answers it.
+    pub async fn status_of(&self, index: usize) -> Result<ClusterStatusResponse> {
+        let channel = self.channel_to(index).await?;
+        let mut request = tonic::Request::new(ClusterStatusRequest {});
+        request.set_timeout(Duration::from_secs(3));
+        AdminClient::new(channel)
+            .cluster_status(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("node {index}: {s}"))
+    }
+
+    /// The leader's index as a running, unpaused node reports it.
+    pub async fn leader(&self) -> Option<usize> {
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !node.is_running() || node.paused {
+                continue;
+            }
+            if let Ok(status) = self.status_of(index).await
+                && let Some(leader) = status.leader_id
+            {
+                return self.nodes.iter().position(|n| n.id == leader);
+            }
+        }
+        None
+    }
+
+    /// Waits until a leader other than `not` is known (e.g. after killing `not`).
+    pub async fn wait_for_leader(&self, not: Option<usize>, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await
+                && Some(leader) != not
+                && self.nodes[leader].is_running()
+            {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no leader (other than {not:?}) within {timeout:?}\n{}",
+                    self.logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the leader reports `count` voters and no membership change in flight.
+    pub async fn wait_for_voters(&self, count: usize, timeout: Duration) -> Result<()> {
+        use logcluster_api::admin_v1::MemberRole;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await
+                && let Ok(status) = self.status_of(leader).await
+            {
+                let voters = status
+                    .members
+                    .iter()
+                    .filter(|m| {
+                        matches!(
+                            MemberRole::try_from(m.role),
+                            Ok(MemberRole::Leader | MemberRole::Voter)
+                        )
+                    })
+                    .count();
+                if voters == count && !status.membership_changing {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the cluster did not reach {count} voters within {timeout:?}\n{}",
+                    self.logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every committed data record node `index` holds, read from it alone.
+    pub async fn read_all_from(&self, index: usize) -> Result<NodeLog> {
+        let end = self.committed_end_of(index).await?;
+        let mut client = RawClient::new(self.channel_to(index).await?);
+        let mut stream = client
+            .consume_stream(ConsumeRequest {
+                offset: 0,
+                end_offset: end,
+            })
+            .await
+            .map_err(|s| format!("node {index}: {s}"))?
+            .into_inner();
+        let mut records = Vec::new();
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|s| format!("node {index}: {s}"))?
+        {
+            if let Some(record) = message.record {
+                records.push((
+                    record.offset,
+                    String::from_utf8_lossy(&record.value).into_owned(),
+                ));
+            }
+        }
+        Ok(NodeLog {
+            node: format!("node-{index}"),
+            records,
+        })
+    }
+
+    /// Waits until every running node has applied everything the leader has committed.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.wait_for_leader(None, timeout).await?;
+            let target = self.status_of(leader).await?.commit_index;
+            let mut all = true;
+            for (index, node) in self.nodes.iter().enumerate() {
+                if !node.is_running() {
+                    continue;
+                }
+                let caught_up = self
+                    .committed_end_of(index)
+                    .await
+                    .is_ok_and(|end| end > target);
+                all &= caught_up;
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "nodes did not converge within {timeout:?}\n{}",
+                    self.logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The offset after the last entry node `index` serves as committed.
+    pub async fn committed_end_of(&self, index: usize) -> Result<u64> {
+        let mut client = RawClient::new(self.channel_to(index).await?);
+        match client
+            .consume(ConsumeRequest {
+                offset: u64::MAX,
+                end_offset: 0,
+            })
+            .await
+        {
+            Err(status) => tonic_types::StatusExt::get_error_details(&status)
+                .error_info()
+                .and_then(|info| info.metadata.get("next_offset")?.parse().ok())
+                .ok_or_else(|| format!("node {index}: {status}")),
+            Ok(_) => Err("a record at u64::MAX".into()),
+        }
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "--- node {i} ({})\n{}",
+                    n.log_path.display(),
+                    n.log_tail(30)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.stop(index);
+        }
+    }
+}
+
+impl ProcessCluster {
+    /// Waits for every running node to hold everything committed, reads each one's log and
+    /// checks the history against them (P1–P7). Returns the summary or every violation.
+    pub async fn verify(
+        &self,
+        history: &crate::history::History,
+        consumer_seen: Option<&[(u64, String)]>,
+    ) -> Result<crate::history::Summary> {
+        self.wait_converged(Duration::from_secs(90)).await?;
+        let mut logs = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.is_running() {
+                logs.push(self.read_all_from(index).await?);
+            }
+        }
+        crate::history::check(&history.operations(), &logs, consumer_seen).map_err(|violations| {
+            format!(
+                "{} violation(s):\n{}",
+                violations.len(),
+                violations
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+
+    /// Simulates losing writes that were never fsynced on a stopped node: cuts its newest
+    /// segment back to a random point after the frame of `durable_index` (everything up to it
+    /// is known durable: the leader counted it as replicated there) and appends garbage, as a
+    /// torn write would leave. Returns how many bytes were cut.
+    pub fn cut_unsynced_tail(&self, index: usize, durable_index: u64) -> Result<u64> {
+        use std::io::Write;
+        let node = &self.nodes[index];
+        if node.is_running() {
+            return Err(format!("node {index} must be stopped first"));
+        }
+        let log_dir = node.data_dir.join("log");
+        let mut stores: Vec<PathBuf> = std::fs::read_dir(&log_dir)
+            .map_err(|e| format!("{}: {e}", log_dir.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "store"))
+            .collect();
+        stores.sort();
+        let newest = stores.last().ok_or("no segment")?;
+        let bytes = std::fs::read(newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+        // Walk the frames (len u32 | crc u32 | index u64 | ...; a frame is 8 + len bytes) to the
+        // end of the durable entry.
+        let mut position = 0usize;
+        let mut durable_end = 0usize;
+        while position + 16 <= bytes.len() {
+            let len = u32::from_le_bytes(
+                bytes[position..position + 4]
+                    .try_into()
+                    .map_err(|_| "frame")?,
+            ) as usize;
+            let entry_index = u64::from_le_bytes(
+                bytes[position + 8..position + 16]
+                    .try_into()
+                    .map_err(|_| "frame")?,
+            );
+            let end = position + 8 + len;
+            if len == 0 || end > bytes.len() {
+                break;
+            }
+            if entry_index <= durable_index {
+                durable_end = end;
+            }
+            position = end;
+        }
+        let cut_at =
+            durable_end + (rand::random::<u64>() as usize % (bytes.len() - durable_end + 1));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(newest)
+            .map_err(|e| format!("{}: {e}", newest.display()))?;
+        file.set_len(cut_at as u64).map_err(|e| e.to_string())?;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(newest)
+            .map_err(|e| e.to_string())?;
+        let garbage: Vec<u8> = (0..rand::random::<u8>() as usize % 64)
+            .map(|_| rand::random())
+            .collect();
+        file.write_all(&garbage).map_err(|e| e.to_string())?;
+        Ok((bytes.len() - cut_at) as u64)
+    }
+
+    /// The matched index the leader reports for node `index` (what it knows is durable there).
+    pub async fn matched_index_of(&self, index: usize) -> Result<u64> {
+        let leader = self
+            .wait_for_leader(Some(index), Duration::from_secs(30))
+            .await?;
+        let status = self.status_of(leader).await?;
+        status
+            .members
+            .iter()
+            .find(|m| m.node_id == self.nodes[index].id)
+            .map(|m| m.matched_index)
+            .ok_or_else(|| format!("node {index} is not a member"))
+    }
+}

@@ -1,0 +1,281 @@
+//! Real `lognode` processes on loopback, real mutual TLS, faults under continuous produce load;
+//! every test checks the client history against every node's log (P1–P7, TESTING.md) and
+//! requires progress (P8).
+
+use std::time::{Duration, Instant};
+
+use logcluster_tests::cluster::{ClusterSpec, ProcessCluster, Workload};
+
+const PRODUCERS: u32 = 4;
+/// P8: fewer acknowledged produces than this in a fault window makes a run invalid.
+const MIN_ACKS_PER_WINDOW: usize = 100;
+const WINDOW_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn cluster(nodes: usize, subnet: u8) -> ProcessCluster {
+    match ProcessCluster::start(ClusterSpec::new(nodes, subnet)).await {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("cluster did not start: {e}"),
+    }
+}
+
+/// Lets the workload make progress (P8) before the next fault.
+async fn window(workload: &Workload, cluster: &ProcessCluster, what: &str) {
+    let since = workload.history().now();
+    if let Err(e) = workload
+        .wait_for_acks(since, MIN_ACKS_PER_WINDOW, WINDOW_TIMEOUT)
+        .await
+    {
+        panic!("no progress {what}: {e}\n{}", cluster.logs());
+    }
+}
+
+async fn finish(workload: Workload, cluster: &ProcessCluster) {
+    let (history, seen) = workload.stop().await;
+    match cluster.verify(&history, seen.as_deref()).await {
+        Ok(summary) => {
+            assert!(
+                summary.acked >= MIN_ACKS_PER_WINDOW,
+                "too little traffic: {summary:?}"
+            );
+            eprintln!("history checked: {summary:?}");
+        }
+        Err(e) => panic!("{e}\n{}", cluster.logs()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_every_record_to_every_node() {
+    let cluster = cluster(3, 10).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    window(&workload, &cluster, "on a healthy cluster").await;
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_loses_no_acknowledged_record() {
+    let mut cluster = cluster(3, 11).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    window(&workload, &cluster, "before the kill").await;
+
+    let leader = cluster
+        .wait_for_leader(None, Duration::from_secs(30))
+        .await
+        .expect("leader");
+    cluster.kill(leader);
+    let new_leader = cluster
+        .wait_for_leader(Some(leader), Duration::from_secs(30))
+        .await
+        .expect("a new leader takes over");
+    assert_ne!(new_leader, leader);
+    window(&workload, &cluster, "after the leader was killed").await;
+
+    // The killed node comes back and catches up.
+    cluster.restart(leader).expect("restart");
+    window(&workload, &cluster, "after the old leader restarted").await;
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_and_restarted_under_load_catches_up() {
+    let mut cluster = cluster(3, 12).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    window(&workload, &cluster, "before the kill").await;
+    let leader = cluster
+        .wait_for_leader(None, Duration::from_secs(30))
+        .await
+        .expect("leader");
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    cluster.kill(follower);
+    window(&workload, &cluster, "with a follower down").await;
+    cluster.restart(follower).expect("restart");
+    window(&workload, &cluster, "after the follower restarted").await;
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_acknowledges_nothing_after_it_resumes_as_a_stale_leader() {
+    let mut cluster = cluster(3, 13).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    window(&workload, &cluster, "before the pause").await;
+    let leader = cluster
+        .wait_for_leader(None, Duration::from_secs(30))
+        .await
+        .expect("leader");
+    cluster.pause(leader);
+    // Longer than the election timeout (3-6 heartbeats of 100 ms): the others elect a leader.
+    cluster
+        .wait_for_leader(Some(leader), Duration::from_secs(30))
+        .await
+        .expect("a new leader while the old one is paused");
+    window(&workload, &cluster, "while the old leader is paused").await;
+    cluster.resume(leader);
+    window(&workload, &cluster, "after the stale leader resumed").await;
+    // Whatever the stale leader may have acknowledged would have to be in every log (P1).
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_to_five_and_shrinking_back_to_three_under_load() {
+    use logcluster_api::admin_v1::RemoveNodeRequest;
+    use logcluster_api::admin_v1::admin_client::AdminClient;
+
+    let mut cluster = cluster(3, 14).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    window(&workload, &cluster, "before growing").await;
+    for expected in [4usize, 5] {
+        cluster.add_node_process().expect("start a node");
+        cluster
+            .wait_for_voters(expected, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("grow to {expected}: {e}"));
+        window(&workload, &cluster, &format!("with {expected} voters")).await;
+    }
+    // Shrink: remove the two newest nodes through the admin API, then stop them.
+    for (remove, expected) in [(4usize, 4usize), (3, 3)] {
+        let leader = cluster
+            .wait_for_leader(None, Duration::from_secs(30))
+            .await
+            .expect("leader");
+        let channel = cluster.channel_to(leader).await.expect("channel");
+        AdminClient::new(channel)
+            .remove_node(RemoveNodeRequest {
+                node_id: cluster.nodes[remove].id,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove node {remove}: {e}"));
+        cluster
+            .wait_for_voters(expected, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("shrink to {expected}: {e}"));
+        cluster.stop(remove);
+        window(
+            &workload,
+            &cluster,
+            &format!("after shrinking to {expected}"),
+        )
+        .await;
+    }
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transferring_leadership_under_load() {
+    use logcluster_api::admin_v1::TransferLeaderRequest;
+    use logcluster_api::admin_v1::admin_client::AdminClient;
+
+    let cluster = cluster(3, 15).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    window(&workload, &cluster, "before the transfer").await;
+    for _ in 0..2 {
+        let leader = cluster
+            .wait_for_leader(None, Duration::from_secs(30))
+            .await
+            .expect("leader");
+        let target = (0..3).find(|i| *i != leader).expect("another voter");
+        let channel = cluster.channel_to(leader).await.expect("channel");
+        let response = AdminClient::new(channel)
+            .transfer_leader(TransferLeaderRequest {
+                node_id: Some(cluster.nodes[target].id),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("transfer: {e}"))
+            .into_inner();
+        assert_eq!(response.new_leader_id, cluster.nodes[target].id);
+        let now = cluster
+            .wait_for_leader(Some(leader), Duration::from_secs(30))
+            .await
+            .expect("leader");
+        assert_eq!(now, target);
+        window(&workload, &cluster, "after the transfer").await;
+    }
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_unsynced_writes_on_a_restarted_node_are_repaired() {
+    let mut cluster = cluster(3, 16).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, true);
+    for round in 0..3 {
+        window(&workload, &cluster, &format!("before round {round}")).await;
+        let leader = cluster
+            .wait_for_leader(None, Duration::from_secs(30))
+            .await
+            .expect("leader");
+        // Alternate between a follower and the leader.
+        let victim = if round % 2 == 0 {
+            (leader + 1) % 3
+        } else {
+            leader
+        };
+        cluster.kill(victim);
+        let durable = cluster
+            .matched_index_of(victim)
+            .await
+            .expect("matched index");
+        let cut = cluster.cut_unsynced_tail(victim, durable).expect("cut");
+        eprintln!("round {round}: node {victim} lost {cut} bytes after index {durable}");
+        cluster.restart(victim).expect("restart");
+    }
+    window(&workload, &cluster, "after the last restart").await;
+    finish(workload, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_leader_kills_report_failover_times() {
+    const KILLS: usize = 20;
+    let mut cluster = cluster(3, 17).await;
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, PRODUCERS, false);
+    let mut failovers = Vec::with_capacity(KILLS);
+    for kill in 0..KILLS {
+        window(&workload, &cluster, &format!("before kill {kill}")).await;
+        let leader = cluster
+            .wait_for_leader(None, Duration::from_secs(30))
+            .await
+            .expect("leader");
+        let killed_at = workload.history().now();
+        let started = Instant::now();
+        cluster.kill(leader);
+        // Failover time: from the kill to the first produce acknowledged after it (through the
+        // new leader: the old one is dead).
+        workload
+            .wait_for_acks(killed_at, 1, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}\n{}", cluster.logs()));
+        let first_ack = workload
+            .history()
+            .operations()
+            .iter()
+            .filter(|op| {
+                matches!(op.outcome, logcluster_tests::history::Outcome::Acked(_))
+                    && op.completed >= killed_at
+            })
+            .map(|op| op.completed)
+            .min()
+            .unwrap_or(killed_at + started.elapsed());
+        failovers.push(first_ack - killed_at);
+        cluster.restart(leader).expect("restart");
+        cluster
+            .wait_converged(Duration::from_secs(60))
+            .await
+            .expect("converged");
+    }
+    failovers.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p = |q: f64| failovers[((failovers.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "failover over {KILLS} leader kills: min {:.0} ms, median {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(failovers[0]),
+        ms(p(0.5)),
+        ms(p(0.99)),
+        ms(failovers[failovers.len() - 1])
+    );
+    finish(workload, &cluster).await;
+}
