@@ -449,8 +449,8 @@ fn k8s_chart_schema_rejects_bad_values_with_their_messages() -> Result<()> {
 
 /// The rules of a rendered Role or ClusterRole.
 fn rules_of(doc: &Value) -> Result<Vec<PolicyRule>> {
-    Ok(serde_json::from_value(doc["rules"].clone())
-        .with_context(|| format!("rules of {} {}", kind(doc), name(doc)))?)
+    serde_json::from_value(doc["rules"].clone())
+        .with_context(|| format!("rules of {} {}", kind(doc), name(doc)))
 }
 
 fn check_no_wildcards(doc: &Value) -> Result<()> {
@@ -1160,21 +1160,9 @@ fn k8s_chart_helm_install_upgrade_and_a_refused_install() -> Result<()> {
         .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
         .map(|(manifest, _)| manifest)
         .with_context(|| format!("no inline manifest in the notes:\n{out}"))?;
-    let applied = cp.kubectl_with_stdin(
-        [
-            "-n",
-            &ns,
-            "apply",
-            "--server-side",
-            "--dry-run=server",
-            "-f",
-            "-",
-        ],
-        inline,
-    )?;
-    ensure!(applied.status.success(), "{}", text(&applied.stderr));
+    dry_run_then_apply(cp, Some(&ns), inline, "the LogCluster in the notes")?;
     let deployment = format!("{release}-logcluster-operator");
-    assert_eq!(
+    let replicas_and_strategy = || {
         cp.kubectl_ok([
             "-n",
             &ns,
@@ -1182,33 +1170,26 @@ fn k8s_chart_helm_install_upgrade_and_a_refused_install() -> Result<()> {
             "deployment",
             &deployment,
             "-o",
-            "jsonpath={.spec.replicas} {.spec.strategy.type}"
-        ])?,
-        "1 Recreate"
-    );
+            "jsonpath={.spec.replicas} {.spec.strategy.type}",
+        ])
+    };
+    assert_eq!(replicas_and_strategy()?, "1 Recreate");
+    let upgrade = |set: &str| {
+        cp.helm([
+            "upgrade",
+            &release,
+            CHART,
+            "--namespace",
+            &ns,
+            "--reuse-values",
+            "--set",
+            set,
+        ])
+    };
     // Upgrade to two replicas: leader election turns on, with its Role.
-    cp.helm_ok([
-        "upgrade",
-        &release,
-        CHART,
-        "--namespace",
-        &ns,
-        "--reuse-values",
-        "--set",
-        "replicaCount=2",
-    ])?;
-    assert_eq!(
-        cp.kubectl_ok([
-            "-n",
-            &ns,
-            "get",
-            "deployment",
-            &deployment,
-            "-o",
-            "jsonpath={.spec.replicas} {.spec.strategy.type}"
-        ])?,
-        "2 RollingUpdate"
-    );
+    let out = upgrade("replicaCount=2")?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(replicas_and_strategy()?, "2 RollingUpdate");
     cp.kubectl_ok([
         "-n",
         &ns,
@@ -1217,16 +1198,7 @@ fn k8s_chart_helm_install_upgrade_and_a_refused_install() -> Result<()> {
         &format!("{deployment}-leader-election"),
     ])?;
     // Bad values stop an upgrade before anything changes.
-    let out = cp.helm([
-        "upgrade",
-        &release,
-        CHART,
-        "--namespace",
-        &ns,
-        "--reuse-values",
-        "--set",
-        "leaderElection.enabled=false",
-    ])?;
+    let out = upgrade("leaderElection.enabled=false")?;
     ensure!(
         !out.status.success()
             && text(&out.stderr)
