@@ -280,5 +280,8 @@ async fn wait_until_leader(node: &RunningNode) {
         .await
         .expect("the node becomes leader");
     let addr = node.http_addr();
-    eventually("/readyz", || async move { http_get(addr, "/readyz").await.0 == 200 }).await;
+    eventually("/readyz", || async move {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
 }
