@@ -7,15 +7,16 @@ export CARGO_TERM_COLOR ?= never
 export LOGCLUSTER_TOOLS_DIR ?= /var/tmp/logcluster-tools
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds
+.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds images
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 test: setup fmt-check clippy deny-openssl unit ## The whole suite: formatting, lints, dependency checks, every test
 
-setup: ## Install what the tests need (apt packages, Kubernetes test binaries)
+setup: ## Install what the tests need (apt packages, Kubernetes test binaries, buildah)
 	./scripts/setup.sh
+	./images/build.sh setup
 
 k8s-tools: ## Build and cache the Kubernetes test binaries (etcd, kube-apiserver, helm)
 	./scripts/k8s-tools.sh build
@@ -47,3 +48,6 @@ build: ## Debug build of every binary
 
 release: ## Release build of every binary
 	$(CARGO) build --workspace --release --locked
+
+images: ## Container images lognode and logcluster-operator (static binaries, buildah, no daemon)
+	./images/build.sh images

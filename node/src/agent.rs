@@ -18,11 +18,31 @@ use crate::auth::tls::{self, ReloadingTlsFiles, TlsFiles};
 use crate::config::{FsyncMode, NodeArgs, node_id_from_hostname};
 use crate::http::{self, HttpState, Readiness};
 use crate::log::{FsyncPolicy, LogConfig};
+use crate::membership::{
+    GossipSecurity, Membership, MembershipConfig, Reconciler, ReconcilerConfig, resolve_gossip_addr,
+};
 use crate::raft::{RaftNode, RaftNodeConfig};
 use crate::telemetry::metrics::{CertificateRole, LogGauges, Metrics};
 
 /// How often certificate and policy files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// How long to wait for the gossip advertise name to resolve (a pod's DNS record lags its start).
+const GOSSIP_ADDR_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Gossip discovery (chitchat) settings; `None` in [`NodeConfig::gossip`] turns it off.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// UDP address gossip binds to.
+    pub listen_addr: SocketAddr,
+    /// host:port peers send gossip to (resolved at start).
+    pub advertise_addr: String,
+    /// host:port seeds, re-resolved periodically.
+    pub seeds: Vec<String>,
+    /// Sealed with the cluster key, or explicitly insecure.
+    pub security: GossipSecurity,
+    /// Period of gossip rounds.
+    pub interval: Duration,
+}
 
 /// The validated configuration of a node.
 #[derive(Debug, Clone)]
@@ -45,6 +65,9 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     pub retention_bytes: Option<u64>,
     pub retention_age: Option<Duration>,
+    /// Gossip discovery; off when `None` (membership then changes only through `--join` and
+    /// the admin API).
+    pub gossip: Option<GossipConfig>,
 }
 
 impl NodeConfig {
@@ -73,6 +96,7 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_millis(150),
             retention_bytes: None,
             retention_age: None,
+            gossip: None,
         }
     }
 }
@@ -124,6 +148,7 @@ impl NodeConfig {
             max_record_bytes,
             ..LogConfig::default()
         };
+        let gossip = gossip_config(args, &advertise_addr)?;
         Ok(NodeConfig {
             node_id,
             data_dir: args.data_dir.clone(),
@@ -140,8 +165,41 @@ impl NodeConfig {
             heartbeat_interval: args.heartbeat_interval,
             retention_bytes: args.retention_bytes,
             retention_age: args.retention_age,
+            gossip,
         })
     }
+}
+
+/// Gossip runs when it is asked for: a key file, seeds, or the explicit insecure flag. Seeds
+/// without a key are refused (ARCHITECTURE decision 4: gossip is authenticated unless the
+/// operator says otherwise by name).
+fn gossip_config(args: &NodeArgs, advertise_addr: &str) -> Result<Option<GossipConfig>> {
+    let wanted = args.gossip_key_file.is_some()
+        || args.insecure_gossip_without_key
+        || !args.gossip_seed.is_empty();
+    if !wanted {
+        return Ok(None);
+    }
+    let security = GossipSecurity::from_flags(
+        args.gossip_key_file.as_deref(),
+        args.insecure_gossip_without_key,
+    )?;
+    let advertise = match &args.gossip_advertise_addr {
+        Some(addr) => addr.clone(),
+        None => {
+            let host = advertise_addr
+                .rsplit_once(':')
+                .map_or(advertise_addr, |(host, _)| host);
+            format!("{host}:{}", args.gossip_listen_addr.port())
+        }
+    };
+    Ok(Some(GossipConfig {
+        listen_addr: args.gossip_listen_addr,
+        advertise_addr: advertise,
+        seeds: args.gossip_seed.clone(),
+        security,
+        interval: args.gossip_interval,
+    }))
 }
 
 fn hostname() -> String {
@@ -163,6 +221,16 @@ fn unix_seconds(time: SystemTime) -> i64 {
 pub async fn run(config: NodeConfig) -> Result<()> {
     let node = RunningNode::start(config).await?;
     let fatal = node.raft.fatal();
+    let gossip_stopped = node.gossip.as_ref().map(|g| g.membership.stopped());
+    let gossip_failed = async move {
+        match gossip_stopped {
+            Some(stopped) => match stopped.await {
+                Err(e) => e.to_string(),
+                Ok(()) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = shutdown_signal() => node.shutdown().await,
         reason = fatal => {
@@ -170,6 +238,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             // disk is the truth; a restart recovers from it.
             tracing::error!(%reason, "fatal error; exiting so the node restarts from disk");
             Err(anyhow::anyhow!("fatal: {reason}"))
+        }
+        reason = gossip_failed => {
+            tracing::error!(%reason, "gossip stopped; exiting so the node restarts");
+            Err(anyhow::anyhow!("gossip failed: {reason}"))
         }
     }
 }
@@ -182,6 +254,7 @@ pub struct RunningNode {
     authorizer: CasbinAuthorizer,
     metrics: Metrics,
     raft: Arc<RaftNode>,
+    gossip: Option<RunningGossip>,
     leave_on_shutdown: bool,
     health: tonic_health::server::HealthReporter,
     readiness: watch::Sender<Readiness>,
@@ -308,6 +381,20 @@ impl RunningNode {
                 }
             }));
         }
+        let gossip = match &config.gossip {
+            Some(gossip) => Some(
+                start_gossip(&config, gossip, &raft, &metrics)
+                    .await
+                    .context("starting gossip discovery")?,
+            ),
+            None => {
+                tracing::info!(
+                    "gossip discovery is off (no --gossip-key-file or --gossip-seed): membership \
+                     changes only through --join and the admin API"
+                );
+                None
+            }
+        };
         let log = raft.log().clone();
         tracing::info!(
             node_id = config.node_id,
@@ -325,6 +412,7 @@ impl RunningNode {
             authorizer,
             metrics,
             raft,
+            gossip,
             leave_on_shutdown: config.leave_on_shutdown,
             health,
             readiness,
@@ -365,12 +453,21 @@ impl RunningNode {
         &self.raft
     }
 
+    /// This node's gossip membership, when gossip discovery is on.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.gossip.as_ref().map(|g| &g.membership)
+    }
+
     /// Stops accepting, drains in-flight calls, hands leadership over, closes the log.
     pub async fn shutdown(self) -> Result<()> {
         tracing::info!("shutting down");
         self.readiness
             .send_replace(Readiness::not_ready("shutting down"));
         if self.leave_on_shutdown {
+            if let Some(gossip) = &self.gossip {
+                // Tell gossip first, so the leader's reconciler does not re-add this node.
+                gossip.membership.leave().await;
+            }
             match self.raft.leave().await {
                 Ok(()) => tracing::info!("left the cluster"),
                 Err(e) => {
@@ -388,6 +485,12 @@ impl RunningNode {
             Err(e) => tracing::error!(error = %e, "the gRPC server task failed"),
         }
         let _ = self.http_task.await;
+        if let Some(gossip) = self.gossip {
+            gossip.reconciler.shutdown().await;
+            if let Err(e) = gossip.membership.shutdown().await {
+                tracing::warn!(error = %e, "gossip did not stop cleanly");
+            }
+        }
         for task in self.background {
             task.abort();
             let _ = task.await; // drops what the task held (the join task's Raft handle)
@@ -398,6 +501,43 @@ impl RunningNode {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Gossip discovery of a running node: its membership and the join reconciler.
+struct RunningGossip {
+    membership: Membership,
+    reconciler: Reconciler,
+}
+
+/// Starts gossip once the node serves (peers may dial it as soon as they hear of it), mirrors
+/// readiness into it, and starts the reconciler that acts on the leader.
+async fn start_gossip(
+    config: &NodeConfig,
+    gossip: &GossipConfig,
+    raft: &RaftNode,
+    metrics: &Metrics,
+) -> Result<RunningGossip> {
+    let advertise = resolve_gossip_addr(&gossip.advertise_addr, GOSSIP_ADDR_PATIENCE).await?;
+    let membership_config = MembershipConfig::new(
+        config.node_id,
+        config.advertise_addr.clone(),
+        gossip.listen_addr,
+        advertise,
+        gossip.security.clone(),
+    )
+    .with_seeds(gossip.seeds.iter().cloned())
+    .with_gossip_interval(gossip.interval);
+    let mut membership = Membership::start(membership_config, metrics.clone()).await?;
+    membership.mirror_readiness(raft.readiness(), |(ready, _)| *ready);
+    let reconciler = Reconciler::spawn(
+        Arc::new(raft.admin().clone()),
+        membership.members(),
+        ReconcilerConfig::default(),
+    );
+    Ok(RunningGossip {
+        membership,
+        reconciler,
+    })
 }
 
 /// Mirrors the Raft node's readiness (voter, or caught-up learner) on `/readyz`.
@@ -423,7 +563,7 @@ async fn wait_for(mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,

@@ -77,6 +77,10 @@ pub struct NodeArgs {
     #[arg(long, env = "LOGCLUSTER_INSECURE_GOSSIP_WITHOUT_KEY")]
     pub insecure_gossip_without_key: bool,
 
+    /// Period of gossip rounds; failure detection and leave propagation scale with it.
+    #[arg(long, env = "LOGCLUSTER_GOSSIP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub gossip_interval: Duration,
+
     /// Plaintext HTTP address for /livez, /readyz and /metrics (no data, no writes).
     #[arg(
         long,

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use logcluster_node::cli::{admin, bench, certs, client};
+use logcluster_node::cli::{admin, bench, certs, client, dev};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a local cluster on loopback in the foreground (generated certificates, gossip key and
+    /// data under --dir); prints how to produce and consume. Ctrl-C stops it.
+    Dev(dev::DevArgs),
     /// Append records (arguments, or one per line of standard input); prints their offsets.
     Produce(client::ProduceArgs),
     /// Print committed records from an offset, up to the end or following the tail.
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Dev(args) => dev::dev(args).await,
             Command::Produce(args) => client::produce(args).await,
             Command::Consume(args) => client::consume(args).await,
             Command::Servers(args) => client::servers(args).await,

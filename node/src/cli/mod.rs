@@ -5,3 +5,4 @@ pub mod admin;
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod dev;

@@ -19,7 +19,7 @@
 //! consensus). A failed change is retried with exponential backoff per node, so one stuck node
 //! (say, a learner that cannot catch up) does not hold up the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -223,6 +223,65 @@ impl Drop for Reconciler {
     }
 }
 
+/// Nodes removed from Raft while alive (by `logctl admin remove` or the operator's scale-down),
+/// remembered per incarnation so gossip does not add them straight back. Without it the
+/// reconciler would re-add a scaled-down pod in the seconds before Kubernetes stops it. A
+/// restart (new generation) is a fresh incarnation and may join again; so may the same
+/// incarnation once it is a member again (an explicit `logctl admin add`).
+///
+/// Every node tracks this from the membership changes it sees in its own log, so a follower
+/// that becomes leader right after a removal remembers it too.
+#[derive(Debug, Default)]
+pub struct Departures {
+    previous_members: Option<HashSet<u64>>,
+    removed: HashMap<u64, u64>,
+}
+
+impl Departures {
+    /// Records which members disappeared since the last call while gossip still shows them,
+    /// and returns `pending` without additions of such incarnations.
+    pub fn filter(
+        &mut self,
+        observed: &[ClusterMember],
+        raft: &[RaftMember],
+        pending: Vec<MembershipChange>,
+    ) -> Vec<MembershipChange> {
+        let members: HashSet<u64> = raft.iter().map(|m| m.node_id).collect();
+        let generation_of = |node_id: u64| {
+            observed
+                .iter()
+                .find(|m| m.node_id == node_id)
+                .map(|m| m.generation)
+        };
+        if let Some(previous) = &self.previous_members {
+            for &gone in previous.difference(&members) {
+                if let Some(generation) = generation_of(gone) {
+                    tracing::info!(
+                        node_id = gone,
+                        generation,
+                        "node removed from Raft while alive; gossip will not re-add this incarnation"
+                    );
+                    self.removed.insert(gone, generation);
+                }
+            }
+        }
+        // Forgotten once the node is a member again or a newer incarnation shows up; kept while
+        // it is merely silent (it may come back with the same generation).
+        self.removed.retain(|node_id, generation| {
+            !members.contains(node_id)
+                && generation_of(*node_id).is_none_or(|seen| seen == *generation)
+        });
+        self.previous_members = Some(members);
+        pending
+            .into_iter()
+            .filter(|change| {
+                !matches!(change, MembershipChange::Add { node_id, .. }
+                    if self.removed.contains_key(node_id))
+            })
+            .collect()
+    }
+}
+
 /// Retry state of one node's change.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -237,15 +296,17 @@ async fn run(
     status: watch::Sender<ReconcileStatus>,
 ) {
     let mut backoffs: HashMap<u64, Backoff> = HashMap::new();
+    let mut departures = Departures::default();
     loop {
         let observed = members.borrow_and_update().clone();
         let view = admin.view();
         let acting = view.is_leader && !view.changing;
-        let pending = if view.is_leader {
+        let planned = if view.is_leader {
             plan(&observed, &view.members)
         } else {
             Vec::new()
         };
+        let pending = departures.filter(&observed, &view.members, planned);
         // Backoffs of changes no longer wanted are forgotten (e.g. the node left meanwhile).
         backoffs.retain(|node_id, _| pending.iter().any(|c| c.node_id() == *node_id));
 

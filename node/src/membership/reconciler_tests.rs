@@ -131,6 +131,72 @@ fn restarted_members_are_not_re_added() {
 
 // ---- the running reconciler ----
 
+#[test]
+fn nodes_removed_while_alive_are_not_re_added_until_they_restart() {
+    let mut departures = Departures::default();
+    let gossip = [member(1, 1), member(2, 1), member(3, 1)];
+    let all = [voter(1), voter(2), voter(3)];
+    assert!(
+        departures
+            .filter(&gossip, &all, plan(&gossip, &all))
+            .is_empty()
+    );
+
+    // An admin removal of node 3 while it still gossips: gossip must not undo it.
+    let two = [voter(1), voter(2)];
+    assert_eq!(
+        plan(&gossip, &two),
+        vec![add(3)],
+        "plain planning would re-add it"
+    );
+    assert!(
+        departures
+            .filter(&gossip, &two, plan(&gossip, &two))
+            .is_empty()
+    );
+    // Still refused while it is silent for a while and comes back as the same incarnation.
+    let silent = [member(1, 1), member(2, 1)];
+    assert!(
+        departures
+            .filter(&silent, &two, plan(&silent, &two))
+            .is_empty()
+    );
+    assert!(
+        departures
+            .filter(&gossip, &two, plan(&gossip, &two))
+            .is_empty()
+    );
+
+    // A restart (new generation) may join again.
+    let restarted = [member(1, 1), member(2, 1), member(3, 2)];
+    assert_eq!(
+        departures.filter(&restarted, &two, plan(&restarted, &two)),
+        vec![add(3)]
+    );
+}
+
+#[test]
+fn a_removed_incarnation_added_back_by_an_admin_is_a_member_again() {
+    let mut departures = Departures::default();
+    let gossip = [member(1, 1), member(2, 1)];
+    let both = [voter(1), voter(2)];
+    let one = [voter(1)];
+    departures.filter(&gossip, &both, plan(&gossip, &both));
+    assert!(
+        departures
+            .filter(&gossip, &one, plan(&gossip, &one))
+            .is_empty()
+    );
+    // `logctl admin add 2` makes it a learner again: promotion is planned as usual, and a later
+    // removal is remembered afresh.
+    let learner_again = [voter(1), learner(2)];
+    assert_eq!(
+        departures.filter(&gossip, &learner_again, plan(&gossip, &learner_again)),
+        plan(&gossip, &learner_again)
+    );
+    assert!(!plan(&gossip, &learner_again).is_empty());
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     AddAndPromote(u64, String),

@@ -44,6 +44,7 @@ pub mod admin;
 pub mod commit_log;
 pub mod entry_codec;
 pub mod error;
+pub mod gossip_admin;
 pub mod log_store;
 pub mod metrics_watch;
 pub mod network;

@@ -1,0 +1,465 @@
+//! `logctl dev`: a local cluster on loopback in the foreground — the README's first command.
+//!
+//! Node *i* (1..=N) runs as a `lognode` child process on `127.0.0.i` (gRPC :8400, gossip :8401,
+//! HTTP :8402), with its data in `<dir>/node-<i>`. Everything the cluster needs is generated
+//! once under `<dir>`: a CA, a node certificate for all the loopback addresses, a client
+//! certificate allowed to produce, consume and administer, the casbin policy and the gossip key.
+//! Node 1 bootstraps; the others find it through gossip and are added by the leader, the same
+//! path a Kubernetes cluster takes. Running the command again reuses the data and the CA.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use logcluster_api::log_v1::ServerRole;
+use logcluster_api::{ClientConfig, ClientTls, LogClient};
+use logcluster_certs::{CertificateAuthority, CertificateRequest, read_file, write_pem_files};
+
+use crate::membership::GossipKey;
+
+/// Subject of the generated client certificate (its CN).
+const CLIENT_NAME: &str = "dev";
+const GRPC_PORT: u16 = 8400;
+const GOSSIP_PORT: u16 = 8401;
+const HTTP_PORT: u16 = 8402;
+/// Validity of the generated CA and certificates: long enough that a dev directory kept
+/// around keeps working; the node certificate is re-issued on every start anyway.
+const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a node gets to stop after SIGTERM before it is killed.
+const STOP_PATIENCE: Duration = Duration::from_secs(20);
+
+/// `logctl dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Number of nodes (node i listens on 127.0.0.i).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub nodes: u8,
+    /// Directory for certificates, keys, policy and each node's data; reused when it exists.
+    #[arg(long, default_value = "./logcluster-dev")]
+    pub dir: PathBuf,
+    /// The lognode binary [default: the one next to logctl, else lognode on PATH].
+    #[arg(long)]
+    pub lognode: Option<PathBuf>,
+    /// How long to wait for a leader and all voters before giving up.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+    /// Log filter of the nodes (their logs go to <dir>/node-<i>/lognode.log).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Files shared by every node and the client.
+#[derive(Debug, Clone)]
+struct DevFiles {
+    ca: PathBuf,
+    node_cert: PathBuf,
+    node_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    policy: PathBuf,
+    gossip_key: PathBuf,
+}
+
+/// Runs the cluster until Ctrl-C (or SIGTERM), then stops every node.
+pub async fn dev(args: DevArgs) -> Result<()> {
+    let lognode = find_lognode(args.lognode.as_deref())?;
+    let dir = absolute(&args.dir)?;
+    let files = prepare_files(&dir, args.nodes).with_context(|| {
+        format!(
+            "preparing certificates and keys in {} (delete the directory to start afresh)",
+            dir.display()
+        )
+    })?;
+    let addrs: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("{}:{GRPC_PORT}", node_ip(i)))
+        .collect();
+
+    let mut nodes = Nodes::default();
+    for i in 1..=args.nodes {
+        let child = spawn_node(&lognode, &dir, &files, i, &args.log_level)
+            .with_context(|| format!("starting node {i}"))?;
+        println!(
+            "started node {i} (pid {}) on {} — log: {}",
+            child.id(),
+            addrs[usize::from(i) - 1],
+            log_path(&dir, i).display()
+        );
+        nodes.children.push((i, child));
+    }
+
+    let tls = ClientTls::from_files(&files.ca, &files.client_cert, &files.client_key)
+        .context("loading the generated client certificate")?;
+    let ready = tokio::select! {
+        ready = wait_until_formed(&addrs, tls, args.nodes, args.ready_timeout, &mut nodes, &dir) => ready,
+        () = crate::agent::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = ready {
+        nodes.stop_all();
+        return Err(e);
+    }
+    print_usage(&dir, &files, &addrs);
+
+    let outcome = tokio::select! {
+        () = crate::agent::shutdown_signal() => Ok(()),
+        exited = nodes.first_exit() => {
+            let (i, status) = exited;
+            Err(anyhow::anyhow!(
+                "node {i} exited ({status}); its log: {}\n{}",
+                log_path(&dir, i).display(),
+                log_tail(&dir, i)
+            ))
+        }
+    };
+    println!("stopping {} nodes…", nodes.children.len());
+    nodes.stop_all();
+    println!(
+        "stopped; the data stays in {} for the next run",
+        dir.display()
+    );
+    outcome
+}
+
+fn node_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, i)
+}
+
+fn log_path(dir: &Path, i: u8) -> PathBuf {
+    dir.join(format!("node-{i}")).join("lognode.log")
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf> {
+    if dir.is_absolute() {
+        return Ok(dir.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(dir))
+}
+
+/// `lognode` next to this executable (a cargo build puts them together), else on `PATH`.
+fn find_lognode(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--lognode {} does not exist", path.display());
+        }
+        return Ok(path.to_owned());
+    }
+    if let Ok(me) = std::env::current_exe()
+        && let Some(sibling) = me.parent().map(|d| d.join("lognode"))
+        && sibling.is_file()
+    {
+        return Ok(sibling);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("lognode"))
+        .find(|p| p.is_file());
+    on_path.context(
+        "cannot find the lognode binary next to logctl or on PATH; build it \
+         (cargo build --release --bin lognode) or pass --lognode <path>",
+    )
+}
+
+/// Creates what is missing under `dir` and re-issues the node certificate (so a run with more
+/// nodes than the last one still verifies).
+fn prepare_files(dir: &Path, nodes: u8) -> Result<DevFiles> {
+    let certs = dir.join("certs");
+    let ca_cert = certs.join("ca.pem");
+    let ca_key = certs.join("ca-key.pem");
+    let ca = if ca_cert.exists() {
+        CertificateAuthority::from_pem(&read_file(&ca_cert)?, &read_file(&ca_key)?)
+            .with_context(|| format!("loading the CA in {}", certs.display()))?
+    } else {
+        let ca = CertificateAuthority::generate("LogCluster dev CA", VALIDITY)?;
+        write_pem_files(&certs, "ca", ca.cert_pem(), Some(ca.key_pem()))?;
+        println!("created a CA in {}", certs.display());
+        ca
+    };
+    let ips = (1..=nodes)
+        .map(|i| IpAddr::V4(node_ip(i)))
+        .chain([IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let node = ca.issue(&CertificateRequest::node(
+        "node",
+        ["localhost"],
+        ips,
+        VALIDITY,
+    ))?;
+    write_pem_files(&certs, "node", &node.cert_pem, Some(&node.key_pem))?;
+    let client_cert = certs.join(format!("{CLIENT_NAME}.pem"));
+    if !client_cert.exists() {
+        let client = ca.issue(&CertificateRequest::client(CLIENT_NAME, VALIDITY))?;
+        write_pem_files(&certs, CLIENT_NAME, &client.cert_pem, Some(&client.key_pem))?;
+    }
+    let policy = dir.join("policy.csv");
+    if !policy.exists() {
+        // Nodes replicate, join (admin) and forward client calls; the dev user may do all a
+        // person does. Edit the file while the cluster runs: nodes reload it.
+        let text = format!(
+            "p, node, *, replicate\np, node, *, admin\np, node, *, produce\np, node, *, consume\n\
+             p, {CLIENT_NAME}, *, produce\np, {CLIENT_NAME}, *, consume\np, {CLIENT_NAME}, *, admin\n"
+        );
+        std::fs::write(&policy, text).with_context(|| format!("writing {}", policy.display()))?;
+    }
+    let gossip_key = dir.join("gossip.key");
+    if !gossip_key.exists() {
+        write_secret(&gossip_key, GossipKey::generate().to_hex().as_bytes())?;
+    }
+    Ok(DevFiles {
+        ca: ca_cert,
+        node_cert: certs.join("node.pem"),
+        node_key: certs.join("node-key.pem"),
+        client_cert,
+        client_key: certs.join(format!("{CLIENT_NAME}-key.pem")),
+        policy,
+        gossip_key,
+    })
+}
+
+fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn spawn_node(
+    lognode: &Path,
+    dir: &Path,
+    files: &DevFiles,
+    i: u8,
+    log_level: &str,
+) -> Result<Child> {
+    let home = dir.join(format!("node-{i}"));
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(dir, i))
+        .with_context(|| format!("opening {}", log_path(dir, i).display()))?;
+    let ip = node_ip(i);
+    let mut cmd = Command::new(lognode);
+    cmd.arg("--node-id")
+        .arg(i.to_string())
+        .arg("--data-dir")
+        .arg(home.join("data"))
+        .arg("--listen-addr")
+        .arg(format!("{ip}:{GRPC_PORT}"))
+        .arg("--advertise-addr")
+        .arg(format!("{ip}:{GRPC_PORT}"))
+        .arg("--http-listen-addr")
+        .arg(format!("{ip}:{HTTP_PORT}"))
+        .arg("--gossip-listen-addr")
+        .arg(format!("{ip}:{GOSSIP_PORT}"))
+        .arg("--gossip-seed")
+        .arg(format!("{}:{GOSSIP_PORT}", node_ip(1)))
+        .arg("--gossip-key-file")
+        .arg(&files.gossip_key)
+        .arg("--tls-ca-file")
+        .arg(&files.ca)
+        .arg("--tls-cert-file")
+        .arg(&files.node_cert)
+        .arg("--tls-key-file")
+        .arg(&files.node_key)
+        .arg("--acl-policy-file")
+        .arg(&files.policy)
+        .arg("--log-level")
+        .arg(log_level)
+        // The dev cluster's own environment must not leak in (e.g. LOGCLUSTER_ADDR of the shell).
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if i == 1 {
+        // Idempotent: a restart of an initialized node does nothing more.
+        cmd.arg("--bootstrap");
+    }
+    // Own process group: Ctrl-C in the terminal reaches logctl only, which then stops the
+    // nodes in order instead of all of them at once.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn()
+        .with_context(|| format!("running {}", lognode.display()))
+}
+
+/// Waits until one leader and `nodes` voters are reported, printing progress.
+async fn wait_until_formed(
+    addrs: &[String],
+    tls: ClientTls,
+    nodes: u8,
+    patience: Duration,
+    children: &mut Nodes,
+    dir: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    let mut config = ClientConfig::new(addrs.to_vec(), tls);
+    config.retry_deadline = Duration::from_secs(2);
+    let mut last = String::new();
+    let mut client: Option<LogClient> = None;
+    loop {
+        if let Some((i, status)) = children.try_exited() {
+            bail!(
+                "node {i} exited ({status}) while the cluster was forming; its log: {}\n{}",
+                log_path(dir, i).display(),
+                log_tail(dir, i)
+            );
+        }
+        if client.is_none() {
+            client = LogClient::connect(config.clone()).await.ok();
+        }
+        let progress = match &client {
+            None => "waiting for the nodes to serve".to_string(),
+            Some(client) => match client.refresh().await {
+                Ok(servers) => {
+                    let voters = servers
+                        .iter()
+                        .filter(|s| s.role == ServerRole::Voter as i32)
+                        .count();
+                    let leader = servers.iter().find(|s| s.is_leader);
+                    if let Some(leader) = leader
+                        && voters == usize::from(nodes)
+                    {
+                        println!(
+                            "cluster ready: leader is node {} ({}), {voters} voters",
+                            leader.id, leader.rpc_addr
+                        );
+                        return Ok(());
+                    }
+                    format!(
+                        "{voters}/{nodes} voters, leader: {}",
+                        leader.map_or("none yet".to_string(), |l| format!("node {}", l.id))
+                    )
+                }
+                Err(e) => format!("waiting for a leader ({e})"),
+            },
+        };
+        if progress != last {
+            println!("  {progress}");
+            last = progress;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the cluster did not form within {patience:?} (last: {last}); see the logs in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_usage(dir: &Path, files: &DevFiles, addrs: &[String]) {
+    println!();
+    println!(
+        "LogCluster dev cluster — Ctrl-C stops it; data and certificates stay in {}",
+        dir.display()
+    );
+    println!();
+    for (i, addr) in addrs.iter().enumerate() {
+        let ip = node_ip(u8::try_from(i + 1).unwrap_or(u8::MAX));
+        println!(
+            "  node {}: gRPC {addr}   metrics http://{ip}:{HTTP_PORT}/metrics",
+            i + 1
+        );
+    }
+    println!();
+    println!("In another terminal:");
+    println!();
+    println!("  export LOGCLUSTER_ADDR={}", addrs.join(","));
+    println!("  export LOGCLUSTER_CA={}", files.ca.display());
+    println!("  export LOGCLUSTER_CERT={}", files.client_cert.display());
+    println!("  export LOGCLUSTER_KEY={}", files.client_key.display());
+    println!("  logctl produce hello world          # prints the offsets");
+    println!("  logctl consume --from 0             # prints offset<TAB>value");
+    println!("  logctl consume --from 0 --follow    # follows the tail");
+    println!("  logctl servers                      # members, roles, leader");
+    println!("  logctl admin status                 # term, commit index, lag");
+    println!();
+    // Flush so a pipe (e.g. a test reading this output) sees it at once.
+    let _ = std::io::stdout().flush();
+}
+
+fn log_tail(dir: &Path, i: u8) -> String {
+    let text = std::fs::read_to_string(log_path(dir, i)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The running `lognode` children.
+#[derive(Default)]
+struct Nodes {
+    children: Vec<(u8, Child)>,
+}
+
+impl Nodes {
+    /// A node that has exited, if any.
+    fn try_exited(&mut self) -> Option<(u8, ExitStatus)> {
+        self.children
+            .iter_mut()
+            .find_map(|(i, child)| child.try_wait().ok().flatten().map(|status| (*i, status)))
+    }
+
+    /// Resolves when a node exits.
+    async fn first_exit(&mut self) -> (u8, ExitStatus) {
+        loop {
+            if let Some(exited) = self.try_exited() {
+                return exited;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// SIGTERM to every node (highest id first, so leadership settles on the survivors), then
+    /// waits; a node still running after the patience is killed.
+    fn stop_all(&mut self) {
+        for (i, child) in self.children.iter_mut().rev() {
+            if child.try_wait().ok().flatten().is_some() {
+                continue;
+            }
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) with a pid we spawned and have not reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            let deadline = Instant::now() + STOP_PATIENCE;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        println!("  node {i} stopped ({status})");
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    _ => {
+                        println!("  node {i} did not stop within {STOP_PATIENCE:?}; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        // Never leave orphans behind (e.g. after a panic).
+        for (_, child) in &mut self.children {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
