@@ -394,3 +394,66 @@ async fn records_survive_a_restart_of_the_node() {
         );
     }
 }
+
+/// A server that completed the TCP handshake but never answers — what a stopped (SIGSTOP)
+/// process looks like: its kernel still accepts connections into the listen backlog — must not
+/// hold the leader-aware client. Connecting, TLS handshake included, is bounded by
+/// `connect_timeout`, and the client moves on to the next server. (The waits below are progress
+/// windows: without the bound the client waits for the handshake forever.)
+#[tokio::test]
+async fn the_client_moves_past_a_server_that_accepts_connections_but_never_answers() {
+    use logcluster_api::{ClientConfig, ClientError, ClientTls, LogClient};
+
+    let node = TestNode::start().await;
+    // Bound but never accepted from: the kernel completes TCP handshakes, nothing answers TLS.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let frozen_addr = frozen.local_addr().expect("addr").to_string();
+    let tls = ClientTls::from_files(
+        &node.pki.ca_path(),
+        &node.pki.dir.join("root.pem"),
+        &node.pki.dir.join("root-key.pem"),
+    )
+    .expect("client TLS files");
+    let config = |seeds: Vec<String>| {
+        let mut config = ClientConfig::new(seeds, tls.clone());
+        config.connect_timeout = Duration::from_millis(500);
+        config.request_timeout = Duration::from_secs(2);
+        config.retry_deadline = Duration::from_secs(5);
+        config
+    };
+    let window = Duration::from_secs(30);
+
+    // The frozen server first: discovery gives up on it and asks the live one.
+    let client = tokio::time::timeout(
+        window,
+        LogClient::connect(config(vec![frozen_addr.clone(), node.addr().to_string()])),
+    )
+    .await
+    .expect("connecting does not wait for the frozen server")
+    .expect("the live server answers");
+    let offset = tokio::time::timeout(window, client.produce("past the frozen server"))
+        .await
+        .expect("the produce does not wait for the frozen server")
+        .expect("produce");
+    let record = node
+        .client_as("root")
+        .await
+        .consume(consume(offset))
+        .await
+        .expect("consume")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_eq!(record.value, "past the frozen server".as_bytes());
+
+    // Only the frozen server: a bounded failure that says nothing was reached.
+    let alone = tokio::time::timeout(window, LogClient::connect(config(vec![frozen_addr])))
+        .await
+        .expect("connecting to a server that never answers gives up");
+    assert!(
+        matches!(alone, Err(ClientError::NoServerReachable { .. })),
+        "{:?}",
+        alone.err()
+    );
+    drop(frozen);
+}

@@ -110,6 +110,8 @@ pub(crate) fn is_connect_failure(status: &Status) -> bool {
         "error trying to connect",
         "dns error",
         "no route to host",
+        // A reconnection inside a channel whose TLS handshake got no answer in time.
+        "tls handshake timeout",
     ]
     .iter()
     .any(|needle| text.contains(needle))

@@ -8,6 +8,12 @@
 //!   reported as [`ClientError::OutcomeUnknown`], never retried behind the caller's back.
 //! * Spreads consumes round-robin over followers and falls back to the leader.
 //! * Keeps one HTTP/2 connection per server and reuses it for every call.
+//! * Bounds everything by time: establishing a connection (TCP, TLS handshake and HTTP/2) by
+//!   `connect_timeout`, each unary call by `request_timeout` (also enforced on the client side,
+//!   so a server that accepted the connection but stopped answering — a paused process — cannot
+//!   hold a call). A server that failed that way is *suspect* for a while: discovery asks it
+//!   last and writes go elsewhere (a follower forwards to the leader or names it), so a stale
+//!   leader does not cost every call a timeout.
 
 mod error;
 mod tls;
@@ -77,6 +83,8 @@ struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
     view: RwLock<ClusterView>,
     next_reader: AtomicUsize,
+    /// Addresses that recently failed to connect or answer in time, and since when.
+    suspects: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// A client of a LogCluster. Cheap to clone; clones share connections and the cluster view.
@@ -90,6 +98,29 @@ fn backoff(attempt: u32) -> Duration {
     let base = 50u64.saturating_mul(1 << attempt.min(5)).min(1_000);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
+}
+
+/// `addresses` with the suspect ones moved to the end (each group keeps its order).
+fn suspects_last(addresses: Vec<String>, is_suspect: impl Fn(&str) -> bool) -> Vec<String> {
+    let (suspect, healthy): (Vec<String>, Vec<String>) =
+        addresses.into_iter().partition(|addr| is_suspect(addr));
+    healthy.into_iter().chain(suspect).collect()
+}
+
+/// What `call` returns, or `DEADLINE_EXCEEDED` when it takes longer than `timeout`. tonic
+/// enforces the `grpc-timeout` of a request only once the request has reached the connection;
+/// this bounds the whole call, including waiting for a connection to be (re)made.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {timeout:?}"
+            )))
+        })
 }
 
 fn uri_for(addr: &str) -> String {
@@ -115,6 +146,7 @@ impl LogClient {
                 channels: Mutex::new(HashMap::new()),
                 view: RwLock::new(ClusterView::default()),
                 next_reader: AtomicUsize::new(0),
+                suspects: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         client.refresh().await?;
@@ -127,43 +159,107 @@ impl LogClient {
     }
 
     /// A connected channel to `addr` (reused across calls). Errors mean nothing was sent.
+    ///
+    /// Connecting — TCP, the TLS handshake and HTTP/2 — is bounded by `connect_timeout` as a
+    /// whole: a stopped process's kernel still completes the TCP handshake, and then nothing
+    /// answers the TLS one.
     pub async fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
         if let Some(channel) = self.shared.channels.lock().await.get(addr) {
             return Ok(channel.clone());
         }
+        let connect_timeout = self.shared.config.connect_timeout;
+        let request_timeout = self.shared.config.request_timeout;
         let endpoint = Endpoint::from_shared(uri_for(addr))
             .map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?
-            .tls_config(self.shared.config.tls.tonic_config())
+            // The handshake timeout also bounds the handshakes of reconnections, which happen
+            // inside the channel (tonic's `connect_timeout` covers only TCP).
+            .tls_config(
+                self.shared
+                    .config
+                    .tls
+                    .tonic_config()
+                    .timeout(connect_timeout),
+            )
             .map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?
-            .connect_timeout(self.shared.config.connect_timeout)
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let channel = endpoint.connect().await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(inner) = source {
-                text.push_str(": ");
-                text.push_str(&inner.to_string());
-                source = inner.source();
+            // Pings notice a server that stopped answering on an open stream (a consumer's tail
+            // has no deadline of its own) about as fast as a call would time out.
+            .http2_keep_alive_interval(request_timeout.min(Duration::from_secs(10)))
+            .keep_alive_timeout(request_timeout);
+        let connected = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    text.push_str(": ");
+                    text.push_str(&inner.to_string());
+                    source = inner.source();
+                }
+                Err(text)
             }
-            ClientError::NoServerReachable {
-                tried: addr.to_owned(),
-                last_error: text,
+            Err(_) => Err(format!("connecting took longer than {connect_timeout:?}")),
+        };
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(last_error) => {
+                self.suspect(addr);
+                return Err(ClientError::NoServerReachable {
+                    tried: addr.to_owned(),
+                    last_error,
+                });
             }
-        })?;
+        };
         self.shared
             .channels
             .lock()
             .await
             .insert(addr.to_owned(), channel.clone());
         Ok(channel)
+    }
+
+    /// Marks `addr` as failing (connect failure or no answer in time) for a while.
+    fn suspect(&self, addr: &str) {
+        if let Ok(mut suspects) = self.shared.suspects.lock() {
+            suspects.insert(addr.to_owned(), Instant::now());
+        }
+    }
+
+    /// `addr` answered: it is not suspect any more.
+    fn trust(&self, addr: &str) {
+        if let Ok(mut suspects) = self.shared.suspects.lock() {
+            suspects.remove(addr);
+        }
+    }
+
+    /// Whether `addr` failed recently (within the longer of the two timeouts: after that it is
+    /// worth trying first again).
+    fn is_suspect(&self, addr: &str) -> bool {
+        let config = &self.shared.config;
+        let for_how_long = config.request_timeout.max(config.connect_timeout);
+        self.shared.suspects.lock().is_ok_and(|suspects| {
+            suspects
+                .get(addr)
+                .is_some_and(|since| since.elapsed() < for_how_long)
+        })
+    }
+
+    /// `addr` failed in a way that says nothing about the cluster but much about `addr`: forget
+    /// its connection, suspect it, and stop believing it leads (until a server says so again).
+    async fn failed(&self, addr: &str) {
+        self.forget(addr).await;
+        self.suspect(addr);
+        let mut view = self.shared.view.write().await;
+        if view.leader.as_deref() == Some(addr) {
+            view.leader = None;
+        }
     }
 
     async fn forget(&self, addr: &str) {
@@ -177,21 +273,25 @@ impl LogClient {
             .max_encoding_message_size(64 << 20)
     }
 
-    /// Addresses to try for discovery: known servers (leader first), then the seeds.
+    /// Addresses to try for discovery: known servers (leader first), then the seeds; suspect
+    /// addresses last.
     async fn discovery_order(&self) -> Vec<String> {
-        let view = self.shared.view.read().await;
-        let mut order: Vec<String> = view.leader.iter().cloned().collect();
-        for server in &view.servers {
-            if !order.contains(&server.rpc_addr) {
-                order.push(server.rpc_addr.clone());
+        let order = {
+            let view = self.shared.view.read().await;
+            let mut order: Vec<String> = view.leader.iter().cloned().collect();
+            for server in &view.servers {
+                if !order.contains(&server.rpc_addr) {
+                    order.push(server.rpc_addr.clone());
+                }
             }
-        }
-        for seed in &self.shared.config.seeds {
-            if !order.contains(seed) {
-                order.push(seed.clone());
+            for seed in &self.shared.config.seeds {
+                if !order.contains(seed) {
+                    order.push(seed.clone());
+                }
             }
-        }
-        order
+            order
+        };
+        suspects_last(order, |addr| self.is_suspect(addr))
     }
 
     /// Fetches the member list from the first server that answers.
@@ -206,10 +306,12 @@ impl LogClient {
                     continue;
                 }
             };
+            let timeout = self.shared.config.request_timeout;
             let mut request = tonic::Request::new(GetServersRequest {});
-            request.set_timeout(self.shared.config.request_timeout);
-            match self.raw(channel).get_servers(request).await {
+            request.set_timeout(timeout);
+            match bounded(timeout, self.raw(channel).get_servers(request)).await {
                 Ok(response) => {
+                    self.trust(addr);
                     let servers = response.into_inner().servers;
                     let leader = servers
                         .iter()
@@ -228,7 +330,7 @@ impl LogClient {
                         // A security refusal will not change on another server.
                         return Err(status.into());
                     }
-                    self.forget(addr).await;
+                    self.failed(addr).await;
                 }
             }
         }
@@ -254,13 +356,21 @@ impl LogClient {
         self.refresh().await
     }
 
-    /// Where writes go: the leader if known, else any server (it forwards to the leader).
+    /// Where writes go: the leader if known, else any server (it forwards to the leader);
+    /// servers that failed recently only when there is nothing else.
     async fn write_target(&self) -> Option<String> {
-        let view = self.shared.view.read().await;
-        view.leader
-            .clone()
-            .or_else(|| view.servers.first().map(|s| s.rpc_addr.clone()))
-            .or_else(|| self.shared.config.seeds.first().cloned())
+        let candidates: Vec<String> = {
+            let view = self.shared.view.read().await;
+            view.leader
+                .iter()
+                .cloned()
+                .chain(view.servers.iter().map(|s| s.rpc_addr.clone()))
+                .chain(self.shared.config.seeds.iter().cloned())
+                .collect()
+        };
+        suspects_last(candidates, |addr| self.is_suspect(addr))
+            .into_iter()
+            .next()
     }
 
     /// Where a read goes: followers round-robin, else the leader.
@@ -289,7 +399,8 @@ impl LogClient {
         if targets.is_empty() {
             targets.extend(self.shared.config.seeds.iter().cloned());
         }
-        targets
+        drop(view);
+        suspects_last(targets, |addr| self.is_suspect(addr))
     }
 
     /// Runs a write against the leader, retrying only while the write surely was not appended.
@@ -298,6 +409,7 @@ impl LogClient {
         F: Fn(RawLogClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        let request_timeout = self.shared.config.request_timeout;
         let deadline = Instant::now() + self.shared.config.retry_deadline;
         let mut attempt = 0u32;
         let mut hint: Option<String> = None;
@@ -315,8 +427,11 @@ impl LogClient {
             };
             let failure = match self.channel(&target).await {
                 Err(e) => e.to_string(), // nothing was sent
-                Ok(channel) => match call(self.raw(channel)).await {
-                    Ok(value) => return Ok(value),
+                Ok(channel) => match bounded(request_timeout, call(self.raw(channel))).await {
+                    Ok(value) => {
+                        self.trust(&target);
+                        return Ok(value);
+                    }
                     Err(status) => {
                         let info = StatusInfo::of(&status);
                         let safe = info.write_not_applied() || is_connect_failure(&status);
@@ -327,7 +442,9 @@ impl LogClient {
                                 || status.code() == tonic::Code::Cancelled
                                 || status.code() == tonic::Code::DeadlineExceeded
                             {
-                                self.forget(&target).await;
+                                // The server broke the call or did not answer in time (it may
+                                // be stopped): the next calls go elsewhere.
+                                self.failed(&target).await;
                                 let _ = self.refresh().await;
                                 return Err(ClientError::OutcomeUnknown(format!(
                                     "{target}: {}",
@@ -340,7 +457,7 @@ impl LogClient {
                             return Err(status.into());
                         }
                         if is_connect_failure(&status) {
-                            self.forget(&target).await;
+                            self.failed(&target).await;
                         }
                         hint = info.leader_addr();
                         format!("{target}: {}", status.message())
@@ -416,12 +533,13 @@ impl LogClient {
                         continue;
                     }
                 };
+                let timeout = self.shared.config.request_timeout;
                 let mut request = tonic::Request::new(ConsumeRequest {
                     offset,
                     end_offset: 0,
                 });
-                request.set_timeout(self.shared.config.request_timeout);
-                match self.raw(channel).consume(request).await {
+                request.set_timeout(timeout);
+                match bounded(timeout, self.raw(channel).consume(request)).await {
                     Ok(response) => match response.into_inner().record {
                         Some(record) => return Ok(record),
                         None => last_error = format!("{target}: empty response"),
@@ -433,8 +551,11 @@ impl LogClient {
                             // (the leader last) before believing it.
                             ClientError::OutOfRange { .. } => out_of_range = Some(error),
                             ClientError::Unavailable(_) | ClientError::Other(_) => {
-                                if is_connect_failure(&status) {
-                                    self.forget(&target).await;
+                                if is_connect_failure(&status)
+                                    || status.code() == tonic::Code::DeadlineExceeded
+                                    || status.code() == tonic::Code::Cancelled
+                                {
+                                    self.failed(&target).await;
                                 }
                                 last_error = format!("{target}: {}", status.message());
                             }
@@ -508,18 +629,26 @@ impl LogClient {
                         continue;
                     }
                 };
-                let mut stream = match self
-                    .raw(channel)
-                    .consume_stream(ConsumeRequest {
+                // Only opening the stream is bounded: a tail may then wait for new records
+                // indefinitely (HTTP/2 keepalive notices a server that stopped answering).
+                let opened = bounded(
+                    self.shared.config.request_timeout,
+                    self.raw(channel).consume_stream(ConsumeRequest {
                         offset: next,
                         end_offset: end.unwrap_or(0),
-                    })
-                    .await
-                {
+                    }),
+                )
+                .await;
+                let mut stream = match opened {
                     Ok(response) => response.into_inner(),
                     Err(status) => {
                         let error = ClientError::from(status.clone());
                         if matches!(error, ClientError::Unavailable(_) | ClientError::Other(_)) {
+                            if is_connect_failure(&status)
+                                || status.code() == tonic::Code::DeadlineExceeded
+                            {
+                                self.failed(&target).await;
+                            }
                             last_error = format!("{target}: {}", status.message());
                             continue;
                         }
@@ -554,7 +683,7 @@ impl LogClient {
                                 let error = ClientError::from(status.clone());
                                 if matches!(error, ClientError::Unavailable(_) | ClientError::Other(_)) {
                                     if is_connect_failure(&status) {
-                                        self.forget(&target).await;
+                                        self.failed(&target).await;
                                     }
                                     last_error = format!("{target}: {}", status.message());
                                     break;
@@ -595,4 +724,27 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suspect_addresses_go_last_in_their_order() {
+        let order = suspects_last(
+            vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            |addr| addr == "a" || addr == "c",
+        );
+        assert_eq!(order, vec!["b", "d", "a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_does_not_answer_is_bounded() {
+        let never = std::future::pending::<Result<(), tonic::Status>>();
+        let status = bounded(Duration::from_millis(10), never)
+            .await
+            .expect_err("no answer");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
 }
