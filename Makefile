@@ -7,10 +7,14 @@ export CARGO_TERM_COLOR ?= never
 export LOGCLUSTER_TOOLS_DIR ?= /var/tmp/logcluster-tools
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds images
+.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds images dev
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+dev: ## Run a local 3-node cluster on loopback (logctl dev; Ctrl-C stops it)
+	$(CARGO) build --release --locked --bin lognode --bin logctl
+	$(CARGO_TARGET_DIR)/release/logctl dev $(DEV_ARGS)
 
 test: setup fmt-check clippy deny-openssl unit ## The whole suite: formatting, lints, dependency checks, every test
 

@@ -46,6 +46,10 @@ pub struct DevArgs {
     /// How long to wait for a leader and all voters before giving up.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
+    /// Third octet of the nodes' loopback addresses: node i listens on 127.0.<subnet>.i (run
+    /// two dev clusters side by side with different subnets).
+    #[arg(long, default_value_t = 0)]
+    pub subnet: u8,
     /// Log filter of the nodes (their logs go to <dir>/node-<i>/lognode.log).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -67,19 +71,22 @@ struct DevFiles {
 pub async fn dev(args: DevArgs) -> Result<()> {
     let lognode = find_lognode(args.lognode.as_deref())?;
     let dir = absolute(&args.dir)?;
-    let files = prepare_files(&dir, args.nodes).with_context(|| {
+    let net = Loopback {
+        subnet: args.subnet,
+    };
+    let files = prepare_files(&dir, args.nodes, net).with_context(|| {
         format!(
             "preparing certificates and keys in {} (delete the directory to start afresh)",
             dir.display()
         )
     })?;
     let addrs: Vec<String> = (1..=args.nodes)
-        .map(|i| format!("{}:{GRPC_PORT}", node_ip(i)))
+        .map(|i| format!("{}:{GRPC_PORT}", net.node_ip(i)))
         .collect();
 
     let mut nodes = Nodes::default();
     for i in 1..=args.nodes {
-        let child = spawn_node(&lognode, &dir, &files, i, &args.log_level)
+        let child = spawn_node(&lognode, &dir, &files, net, i, &args.log_level)
             .with_context(|| format!("starting node {i}"))?;
         println!(
             "started node {i} (pid {}) on {} — log: {}",
@@ -100,7 +107,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         nodes.stop_all();
         return Err(e);
     }
-    print_usage(&dir, &files, &addrs);
+    print_usage(&dir, &files, net, &addrs);
 
     let outcome = tokio::select! {
         () = crate::agent::shutdown_signal() => Ok(()),
@@ -122,8 +129,16 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     outcome
 }
 
-fn node_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, i)
+/// Where the nodes of a dev cluster listen.
+#[derive(Debug, Clone, Copy)]
+struct Loopback {
+    subnet: u8,
+}
+
+impl Loopback {
+    fn node_ip(self, i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, self.subnet, i)
+    }
 }
 
 fn log_path(dir: &Path, i: u8) -> PathBuf {
@@ -167,7 +182,7 @@ fn find_lognode(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// Creates what is missing under `dir` and re-issues the node certificate (so a run with more
 /// nodes than the last one still verifies).
-fn prepare_files(dir: &Path, nodes: u8) -> Result<DevFiles> {
+fn prepare_files(dir: &Path, nodes: u8, net: Loopback) -> Result<DevFiles> {
     let certs = dir.join("certs");
     let ca_cert = certs.join("ca.pem");
     let ca_key = certs.join("ca-key.pem");
@@ -181,7 +196,7 @@ fn prepare_files(dir: &Path, nodes: u8) -> Result<DevFiles> {
         ca
     };
     let ips = (1..=nodes)
-        .map(|i| IpAddr::V4(node_ip(i)))
+        .map(|i| IpAddr::V4(net.node_ip(i)))
         .chain([IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     let node = ca.issue(&CertificateRequest::node(
         "node",
@@ -237,6 +252,7 @@ fn spawn_node(
     lognode: &Path,
     dir: &Path,
     files: &DevFiles,
+    net: Loopback,
     i: u8,
     log_level: &str,
 ) -> Result<Child> {
@@ -247,7 +263,7 @@ fn spawn_node(
         .append(true)
         .open(log_path(dir, i))
         .with_context(|| format!("opening {}", log_path(dir, i).display()))?;
-    let ip = node_ip(i);
+    let ip = net.node_ip(i);
     let mut cmd = Command::new(lognode);
     cmd.arg("--node-id")
         .arg(i.to_string())
@@ -262,7 +278,7 @@ fn spawn_node(
         .arg("--gossip-listen-addr")
         .arg(format!("{ip}:{GOSSIP_PORT}"))
         .arg("--gossip-seed")
-        .arg(format!("{}:{GOSSIP_PORT}", node_ip(1)))
+        .arg(format!("{}:{GOSSIP_PORT}", net.node_ip(1)))
         .arg("--gossip-key-file")
         .arg(&files.gossip_key)
         .arg("--tls-ca-file")
@@ -356,7 +372,7 @@ async fn wait_until_formed(
     }
 }
 
-fn print_usage(dir: &Path, files: &DevFiles, addrs: &[String]) {
+fn print_usage(dir: &Path, files: &DevFiles, net: Loopback, addrs: &[String]) {
     println!();
     println!(
         "LogCluster dev cluster — Ctrl-C stops it; data and certificates stay in {}",
@@ -364,7 +380,7 @@ fn print_usage(dir: &Path, files: &DevFiles, addrs: &[String]) {
     );
     println!();
     for (i, addr) in addrs.iter().enumerate() {
-        let ip = node_ip(u8::try_from(i + 1).unwrap_or(u8::MAX));
+        let ip = net.node_ip(u8::try_from(i + 1).unwrap_or(u8::MAX));
         println!(
             "  node {}: gRPC {addr}   metrics http://{ip}:{HTTP_PORT}/metrics",
             i + 1

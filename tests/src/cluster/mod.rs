@@ -80,6 +80,8 @@ pub struct NodeProcess {
     log_path: PathBuf,
     process: Option<ChildProcess>,
     paused: bool,
+    /// Flags of this node only; a `--flag=value` here replaces the cluster's default for it.
+    extra_args: Vec<String>,
 }
 
 impl NodeProcess {
@@ -185,6 +187,12 @@ impl ProcessCluster {
 
     /// Starts one more node (id = next index) that joins the running cluster.
     pub fn add_node_process(&mut self) -> Result<usize> {
+        self.add_node_process_with(Vec::new())
+    }
+
+    /// Like [`ProcessCluster::add_node_process`], with flags for this node only (e.g. another
+    /// `--gossip-key-file=`).
+    pub fn add_node_process_with(&mut self, extra_args: Vec<String>) -> Result<usize> {
         let index = self.nodes.len();
         let ip = Ipv4Addr::new(127, 0, self.spec.subnet, index as u8 + 1);
         let data_dir = self.dir.path().join(format!("node-{index}"));
@@ -196,6 +204,7 @@ impl ProcessCluster {
             data_dir,
             process: None,
             paused: false,
+            extra_args,
         };
         self.nodes.push(node);
         self.spawn(index)?;
@@ -239,6 +248,14 @@ impl ProcessCluster {
             }
         }
         args.extend(self.spec.extra_args.iter().cloned());
+        // A node's own `--flag=value` replaces the cluster-wide one.
+        let flag = |arg: &String| {
+            arg.split_once('=')
+                .map_or(arg.clone(), |(f, _)| f.to_owned())
+        };
+        let own: Vec<String> = node.extra_args.iter().map(flag).collect();
+        args.retain(|arg| !own.contains(&flag(arg)));
+        args.extend(node.extra_args.iter().cloned());
         args
     }
 

@@ -4,8 +4,10 @@
 //! its own namespace (`create_namespace`). Run only them with
 //! `cargo test -p logcluster-tests --test e2e k8s_`.
 
+mod cluster_gossip;
 mod cluster_raft;
 mod container_images;
 mod helm_chart;
 mod k8s_harness;
 mod k8s_operator;
+mod logctl_dev;
