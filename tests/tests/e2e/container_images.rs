@@ -457,7 +457,8 @@ fn images_build_static_binaries_and_scratch_images_that_run() -> Result<()> {
         // Each binary runs from the image alone, as the image's user.
         for bin in binaries {
             let out = output_ok(
-                Command::new("chroot")
+                // Absolute: `env_clear` leaves no PATH to find it by (coreutils' chroot).
+                Command::new("/usr/sbin/chroot")
                     .arg(format!("--userspec={RUN_AS}:{RUN_AS}"))
                     .arg(&mount)
                     .arg(format!("/usr/local/bin/{bin}"))
