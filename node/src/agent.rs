@@ -578,3 +578,63 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> NodeArgs {
+        let base = [
+            "lognode",
+            "--node-id=1",
+            "--tls-ca-file=ca.pem",
+            "--tls-cert-file=node.pem",
+            "--tls-key-file=node-key.pem",
+            "--acl-policy-file=policy.csv",
+            "--advertise-addr=10.1.2.3:8400",
+        ];
+        NodeArgs::try_parse_from(base.iter().chain(extra)).expect("valid flags")
+    }
+
+    #[test]
+    fn gossip_is_off_unless_asked_for() {
+        let config = NodeConfig::from_args(&args(&[])).expect("config");
+        assert!(config.gossip.is_none());
+    }
+
+    #[test]
+    fn gossip_seeds_without_a_key_are_refused_with_the_way_out() {
+        let err = NodeConfig::from_args(&args(&["--gossip-seed=a:8401"]))
+            .expect_err("seeds without a key");
+        let text = format!("{err:#}");
+        assert!(text.contains("--gossip-key-file"), "{text}");
+        assert!(text.contains("--insecure-gossip-without-key"), "{text}");
+    }
+
+    #[test]
+    fn gossip_advertises_the_rpc_host_on_the_gossip_port_by_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("gossip.key");
+        std::fs::write(&key, "11".repeat(32)).expect("key");
+        let key_flag = format!("--gossip-key-file={}", key.display());
+        let config = NodeConfig::from_args(&args(&[
+            &key_flag,
+            "--gossip-listen-addr=0.0.0.0:9401",
+            "--gossip-seed=a:8401,b:8401",
+        ]))
+        .expect("config");
+        let gossip = config.gossip.expect("gossip on");
+        assert_eq!(gossip.advertise_addr, "10.1.2.3:9401");
+        assert_eq!(gossip.seeds, ["a:8401", "b:8401"]);
+        assert!(matches!(gossip.security, GossipSecurity::Sealed(_)));
+
+        let insecure = NodeConfig::from_args(&args(&["--insecure-gossip-without-key"]))
+            .expect("explicitly insecure");
+        assert_eq!(
+            insecure.gossip.expect("gossip on").security,
+            GossipSecurity::InsecurePlaintext
+        );
+    }
+}
