@@ -91,6 +91,25 @@ impl History {
             })
             .count()
     }
+
+    /// Acknowledged operations *invoked* at or after `since`. Unlike [`History::acked_between`],
+    /// this never counts an answer that was already on its way when `since` came (e.g. from a
+    /// leader killed at `since`): only servers alive after `since` can have answered these.
+    pub fn acked_invoked_since(&self, since: Duration) -> usize {
+        self.operations()
+            .iter()
+            .filter(|op| matches!(op.outcome, Outcome::Acked(_)) && op.invoked >= since)
+            .count()
+    }
+
+    /// When the first operation invoked at or after `since` was acknowledged.
+    pub fn first_ack_invoked_since(&self, since: Duration) -> Option<Duration> {
+        self.operations()
+            .iter()
+            .filter(|op| matches!(op.outcome, Outcome::Acked(_)) && op.invoked >= since)
+            .map(|op| op.completed)
+            .min()
+    }
 }
 
 /// The committed data records one node holds, in log order: (offset, value).

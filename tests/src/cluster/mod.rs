@@ -368,19 +368,30 @@ impl ProcessCluster {
             .map_err(|s| format!("node {index}: {s}"))
     }
 
-    /// The leader's index as a running, unpaused node reports it.
+    /// The leader's index: the leader of the highest term the running, unpaused nodes report,
+    /// provided that node is running, unpaused and itself says it leads. A follower's word alone
+    /// is not enough: it names a killed leader until its election timeout, and that node may
+    /// already be running again (restarted, not even listening yet) without leading anything.
     pub async fn leader(&self) -> Option<usize> {
+        let mut statuses = Vec::new();
         for (index, node) in self.nodes.iter().enumerate() {
             if !node.is_running() || node.paused {
                 continue;
             }
-            if let Ok(status) = self.status_of(index).await
-                && let Some(leader) = status.leader_id
-            {
-                return self.nodes.iter().position(|n| n.id == leader);
+            if let Ok(status) = self.status_of(index).await {
+                statuses.push((index, status));
             }
         }
-        None
+        let (term, leader_id) = statuses
+            .iter()
+            .filter_map(|(_, status)| Some((status.term, status.leader_id?)))
+            .max()?;
+        let index = self.nodes.iter().position(|n| n.id == leader_id)?;
+        let claim = statuses
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, status)| status)?;
+        (claim.leader_id == Some(leader_id) && claim.term >= term).then_some(index)
     }
 
     /// Waits until a leader other than `not` is known (e.g. after killing `not`).
@@ -466,34 +477,44 @@ impl ProcessCluster {
         })
     }
 
-    /// Waits until every running node has applied everything the leader has committed.
+    /// Waits until every running node has applied everything the leader has committed. Until
+    /// the deadline, a node that cannot be reached yet (e.g. restarted and still opening its
+    /// log) or a leader change only means "not yet"; the error names what was still missing.
     pub async fn wait_converged(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let leader = self.wait_for_leader(None, timeout).await?;
-            let target = self.status_of(leader).await?.commit_index;
-            let mut all = true;
-            for (index, node) in self.nodes.iter().enumerate() {
-                if !node.is_running() {
-                    continue;
-                }
-                let caught_up = self
-                    .committed_end_of(index)
-                    .await
-                    .is_ok_and(|end| end > target);
-                all &= caught_up;
-            }
-            if all {
-                return Ok(());
-            }
+            let missing = match self.converged().await {
+                Ok(()) => return Ok(()),
+                Err(missing) => missing,
+            };
             if Instant::now() > deadline {
                 return Err(format!(
-                    "nodes did not converge within {timeout:?}\n{}",
+                    "nodes did not converge within {timeout:?} (last check: {missing})\n{}",
                     self.logs()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `Ok` when every running node has applied what the leader has committed; else what is
+    /// missing.
+    async fn converged(&self) -> Result<()> {
+        let leader = self.leader().await.ok_or("no leader")?;
+        let target = self.status_of(leader).await?.commit_index;
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !node.is_running() {
+                continue;
+            }
+            let end = self.committed_end_of(index).await?;
+            if end <= target {
+                return Err(format!(
+                    "node {index} has applied up to offset {end}, the leader (node {leader}) \
+                     committed {target}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The offset after the last entry node `index` serves as committed.

@@ -2,7 +2,7 @@
 //! every test checks the client history against every node's log (P1–P7, TESTING.md) and
 //! requires progress (P8).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use logcluster_tests::cluster::{ClusterSpec, ProcessCluster, Workload};
 
@@ -241,31 +241,28 @@ async fn repeated_leader_kills_report_failover_times() {
             .await
             .expect("leader");
         let killed_at = workload.history().now();
-        let started = Instant::now();
         cluster.kill(leader);
-        // Failover time: from the kill to the first produce acknowledged after it (through the
-        // new leader: the old one is dead).
+        // The old leader is dead (killed and reaped): a produce invoked from now on can only be
+        // acknowledged by a new leader. (An answer the old leader sent just before dying may
+        // still be recorded after the kill: counting acks by completion time would take it for
+        // a failover, and the test would move on before any new leader exists.)
+        let dead_at = workload.history().now();
+        // Failover time: from the kill to the first acknowledgement of a produce invoked after
+        // the old leader was gone.
         workload
-            .wait_for_acks(killed_at, 1, Duration::from_secs(60))
+            .wait_for_acks_invoked_since(dead_at, 1, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("kill {kill}: {e}\n{}", cluster.logs()));
         let first_ack = workload
             .history()
-            .operations()
-            .iter()
-            .filter(|op| {
-                matches!(op.outcome, logcluster_tests::history::Outcome::Acked(_))
-                    && op.completed >= killed_at
-            })
-            .map(|op| op.completed)
-            .min()
-            .unwrap_or(killed_at + started.elapsed());
+            .first_ack_invoked_since(dead_at)
+            .unwrap_or_else(|| panic!("kill {kill}: the acknowledgement waited for is missing"));
         failovers.push(first_ack - killed_at);
         cluster.restart(leader).expect("restart");
         cluster
             .wait_converged(Duration::from_secs(60))
             .await
-            .expect("converged");
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}")); // `e` carries the node logs
     }
     failovers.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
