@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Stop after this many records instead of after --duration.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Offer load at this many records/s in total instead of as fast as possible (unary and
+    /// batch mode), e.g. to measure latency at half the peak rate. Calls start on schedule;
+    /// latency is measured from each call's start.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -81,9 +86,27 @@ struct Budget {
     deadline: Instant,
     stop: AtomicBool,
     produced: AtomicU64,
+    /// `--rate`: records/s offered, and the records scheduled so far.
+    pacing: Option<Pacing>,
+}
+
+/// An open-loop schedule: the k-th record is due at `started + k / rate`.
+struct Pacing {
+    rate: f64,
+    started: Instant,
+    scheduled: AtomicU64,
 }
 
 impl Budget {
+    /// Waits until `n` more records are due under `--rate` (at once without it).
+    async fn pace(&self, n: u64) {
+        if let Some(pacing) = &self.pacing {
+            let before = pacing.scheduled.fetch_add(n, Ordering::Relaxed);
+            let due = pacing.started + Duration::from_secs_f64(before as f64 / pacing.rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+
     /// Takes up to `n` records from the budget; 0 means stop.
     fn take(&self, n: u64) -> u64 {
         if self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
@@ -179,6 +202,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchSummary> {
     {
         bail!("--concurrency, --connections, --batch-size and --in-flight must be at least 1");
     }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be a positive number of records per second");
+        }
+        if args.mode == BenchMode::Stream {
+            bail!("--rate applies to unary and batch mode; stream mode runs at full speed");
+        }
+    }
     let client = args.connect.connect().await?;
     let servers = client
         .servers()
@@ -206,6 +237,11 @@ pub async fn run(args: &BenchArgs) -> Result<BenchSummary> {
             },
         stop: AtomicBool::new(false),
         produced: AtomicU64::new(0),
+        pacing: args.rate.map(|rate| Pacing {
+            rate,
+            started: Instant::now(),
+            scheduled: AtomicU64::new(0),
+        }),
     });
 
     let progress = match args.count {
@@ -325,6 +361,7 @@ async fn unary_worker(channel: Channel, budget: &Budget, value: Bytes) -> Worker
     let mut client = raw(channel);
     let mut report = WorkerReport::default();
     while budget.take(1) == 1 {
+        budget.pace(1).await;
         let started = Instant::now();
         match client
             .produce(ProduceRequest {
@@ -357,6 +394,7 @@ async fn batch_worker(
             break;
         }
         let records = (0..n).map(|_| record(&value)).collect();
+        budget.pace(n).await;
         let started = Instant::now();
         match client.produce_batch(ProduceBatchRequest { records }).await {
             Ok(response) => {
