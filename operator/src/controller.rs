@@ -22,7 +22,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
@@ -37,6 +37,7 @@ use crate::crd::{
     FINALIZER, LogCluster, LogClusterStatus, MemberRole, MemberStatus, RetentionPolicy,
     ScalingPhase, ScalingStatus,
 };
+use crate::events::EventPublisher;
 use crate::metrics::Metrics;
 use crate::node_client::{NodeAdmin, NodeConnector};
 use crate::resources::BuildSettings;
@@ -62,7 +63,7 @@ pub struct Context {
     /// Reaches the nodes' admin API.
     pub connector: Arc<dyn NodeConnector>,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub recorder: EventPublisher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Requeue interval of a steady cluster (status refresh, drift repair).
@@ -86,7 +87,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: EventPublisher::new(client.clone(), reporter),
             client,
             settings,
             connector,

@@ -3,9 +3,9 @@
 //! It reconciles `LogCluster` resources ([`crd`]) into a StatefulSet of `lognode` pods and
 //! everything around it ([`resources`]), keeps their certificates current ([`certificates`]),
 //! scales the Raft cluster one member at a time through the nodes' admin API ([`scaling`],
-//! [`node_client`]) and reports what it sees ([`status`], [`metrics`]). [`controller`] wires it
-//! together; [`leader_election`] keeps two replicas from acting at once; [`rbac`] lists exactly
-//! the permissions all of this needs.
+//! [`node_client`]) and reports what it sees ([`status`], [`metrics`], Events through
+//! [`events`]). [`controller`] wires it together; [`leader_election`] keeps two replicas from
+//! acting at once; [`rbac`] lists exactly the permissions all of this needs.
 #![forbid(unsafe_code)]
 
 pub mod certificates;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 mod error;
+pub mod events;
 pub mod leader_election;
 pub mod metrics;
 pub mod node_client;

@@ -472,10 +472,14 @@ pub fn merge_answers(answers: &BTreeMap<NodeId, ClusterStatusResponse>) -> Membe
             lag: m.lag,
         });
     }
+    // A configuration the leader has appended but not committed yet is still in flight: "wait
+    // for the committed configuration" before the next step (e.g. before a removed node's pod
+    // goes) means this too, not only a joint configuration.
+    let uncommitted = answer.membership_log_index > answer.commit_index;
     Membership::Led(LeaderView {
         leader,
         members,
-        membership_changing: answer.membership_changing,
+        membership_changing: answer.membership_changing || uncommitted,
     })
 }
 
@@ -1002,6 +1006,32 @@ mod tests {
             view.member(2).map(|m| (m.role, m.healthy)),
             Some((Role::Learner, false))
         );
+    }
+
+    #[test]
+    fn an_uncommitted_configuration_counts_as_a_change_in_flight() {
+        let ms = [(0, ProtoRole::Leader), (1, ProtoRole::Voter)];
+        let changing = |membership_log_index, commit_index, joint| {
+            let mut a = answer(0, Some(0), 3, &ms);
+            a.membership_log_index = membership_log_index;
+            a.commit_index = commit_index;
+            a.membership_changing = joint;
+            match merge_answers(&BTreeMap::from([(0, a)])) {
+                Membership::Led(view) => view.membership_changing,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(changing(12, 11, false), "appended, not committed");
+        assert!(!changing(12, 12, false), "committed");
+        assert!(!changing(12, 40, false), "committed long ago");
+        assert!(changing(12, 40, true), "joint");
+        // With the removal of node 4 appended but not committed, its pod stays.
+        let Membership::Led(mut view) = led(0, &[0, 1, 2, 3], &[]) else {
+            unreachable!()
+        };
+        view.membership_changing = true;
+        let d = decide(&observed(3, 5, Membership::Led(view)));
+        assert_eq!((d.replicas, d.action), (5, None));
     }
 
     #[test]

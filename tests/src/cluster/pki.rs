@@ -26,6 +26,8 @@ p, consumer, *, consume
 pub struct ClusterPki {
     pub dir: PathBuf,
     pub ca: PathBuf,
+    /// The CA's private key (for tests that hand the CA to another issuer, e.g. the operator).
+    pub ca_key: PathBuf,
     pub node_cert: PathBuf,
     pub node_key: PathBuf,
     pub client_cert: PathBuf,
@@ -38,13 +40,24 @@ impl ClusterPki {
     /// A CA, one node certificate valid for every IP in `ips` (and localhost), a `root` client,
     /// the policy and a random gossip key.
     pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Self, String> {
+        Self::create_with(dir, ips, &[], &[])
+    }
+
+    /// Like [`ClusterPki::create`], with more DNS names in the node certificate (e.g. the pod
+    /// names an operator dials) and more policy lines (e.g. `p, operator, *, admin`).
+    pub fn create_with(
+        dir: &Path,
+        ips: &[Ipv4Addr],
+        node_dns_names: &[String],
+        policy_lines: &[&str],
+    ) -> Result<Self, String> {
         let ca = CertificateAuthority::generate("LogCluster test CA", VALIDITY)
             .map_err(|e| e.to_string())?;
-        write_pem_files(dir, "ca", ca.cert_pem(), None).map_err(|e| e.to_string())?;
+        write_pem_files(dir, "ca", ca.cert_pem(), Some(ca.key_pem())).map_err(|e| e.to_string())?;
         let node = ca
             .issue(&CertificateRequest::node(
                 "node",
-                ["localhost"],
+                std::iter::once("localhost".to_owned()).chain(node_dns_names.iter().cloned()),
                 ips.iter()
                     .map(|ip| IpAddr::V4(*ip))
                     .chain([IpAddr::V4(Ipv4Addr::LOCALHOST)]),
@@ -61,7 +74,12 @@ impl ClusterPki {
                 .map_err(|e| e.to_string())?;
         }
         let policy = dir.join("policy.csv");
-        std::fs::write(&policy, POLICY).map_err(|e| e.to_string())?;
+        let mut policy_text = POLICY.to_owned();
+        for line in policy_lines {
+            policy_text.push_str(line);
+            policy_text.push('\n');
+        }
+        std::fs::write(&policy, policy_text).map_err(|e| e.to_string())?;
         let gossip_key = dir.join("gossip.key");
         let key: [u8; 32] = rand::random();
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -69,6 +87,7 @@ impl ClusterPki {
         Ok(ClusterPki {
             dir: dir.to_owned(),
             ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
             node_cert: dir.join("node.pem"),
             node_key: dir.join("node-key.pem"),
             client_cert: dir.join("root.pem"),

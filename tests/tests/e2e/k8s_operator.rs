@@ -9,8 +9,8 @@
 //! (status patches; for the simulated cluster, "pods" that answer the admin API).
 //!
 //! NB: the scaling test here drives a *simulated* Raft membership behind the operator's
-//! `NodeConnector`. The test against a real 3-node `lognode` process cluster needs the
-//! Raft and admin servers and is not written yet.
+//! `NodeConnector`; `k8s_operator_scaling` runs the same protocol against real `lognode`
+//! processes and shares this module's control plane, operator and polling helpers.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -48,12 +48,12 @@ use serde_json::json;
 const CRD_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/logcluster.yaml");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 /// Upper bound of every wait: the machine may be busy compiling. Not an assertion on speed.
-const PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
 
 static CRD: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// The shared control plane with the LogCluster CRD installed and established.
-fn control_plane() -> Result<&'static ControlPlane> {
+pub(crate) fn control_plane() -> Result<&'static ControlPlane> {
     let cp = k8s::shared()?;
     CRD.get_or_init(|| {
         let install = || -> Result<()> {
@@ -96,7 +96,7 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 /// Polls `f` until it returns `Some`, for at most [`PATIENCE`].
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
@@ -117,7 +117,7 @@ where
 }
 
 /// A controller running in this process for one namespace; stopped when dropped.
-struct Operator {
+pub(crate) struct Operator {
     task: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
 }
@@ -128,7 +128,11 @@ impl Drop for Operator {
     }
 }
 
-fn start_operator(client: kube::Client, ns: &str, connector: Arc<dyn NodeConnector>) -> Operator {
+pub(crate) fn start_operator(
+    client: kube::Client,
+    ns: &str,
+    connector: Arc<dyn NodeConnector>,
+) -> Operator {
     let metrics = Arc::new(Metrics::new());
     let mut ctx = Context::new(client, BuildSettings::default(), connector, metrics.clone());
     ctx.step_interval = Duration::from_millis(500);
@@ -230,7 +234,7 @@ async fn get_lc(api: &Api<LogCluster>, name: &str) -> Result<LogCluster> {
     Ok(api.get(name).await?)
 }
 
-fn condition(lc: &LogCluster, type_: &str) -> Option<(String, String)> {
+pub(crate) fn condition(lc: &LogCluster, type_: &str) -> Option<(String, String)> {
     lc.status
         .as_ref()?
         .conditions

@@ -10,4 +10,5 @@ mod container_images;
 mod helm_chart;
 mod k8s_harness;
 mod k8s_operator;
+mod k8s_operator_scaling;
 mod logctl_dev;
