@@ -11,6 +11,9 @@
 //!   completed at the next [`LogStore::open`]. Entries `<= id` may physically remain in a segment
 //!   that also holds newer ones; readers never return them to openraft.
 //! * The vote, committed id and last purged id live in the [`StableStore`].
+//! * **open** also lowers a committed id or applied state that lies past the end of the log
+//!   (see [`LogStore::open`]): after a machine crash the log keeps only what was fsynced, while
+//!   those two are persisted without any order relative to the log's fsync.
 //!
 //! Every blocking call runs on tokio's blocking pool, never on a runtime thread.
 
@@ -25,7 +28,7 @@ use openraft::{EntryPayload, OptionalSend};
 use parking_lot::RwLock;
 
 use super::entry_codec::{from_log_entry, to_log_entry};
-use super::stable_store::StableStore;
+use super::stable_store::{AppliedState, StableStore};
 use super::syncer::Syncer;
 use super::types::{LogId, RaftEntry, TypeConfig, Vote, log_id};
 use crate::log::{Error as LogError, Log};
@@ -63,7 +66,10 @@ impl Debug for LogStore {
 impl LogStore {
     /// Wraps `log`, finishing a purge or reset that a crash interrupted: when the stable store
     /// says entries up to `p` are purged but the log still ends at or before `p`, the log is
-    /// reset to start at `p + 1`. Blocking: call at start-up.
+    /// reset to start at `p + 1`. Then lowers the saved committed id and applied state to the
+    /// end of the log when they lie past it ([`lower_to_log_end`]). Blocking: call at start-up,
+    /// before [`StateMachine::open`](super::state_machine::StateMachine::open) reads the applied
+    /// state.
     pub fn open(
         log: Log,
         stable: Arc<dyn StableStore>,
@@ -83,6 +89,7 @@ impl LogStore {
                 log.purge_before(purged.index + 1).map_err(io_error)?;
             }
         }
+        lower_to_log_end(&log, stable.as_ref(), last_purged)?;
         Ok(LogStore {
             inner: Arc::new(Inner {
                 log,
@@ -268,16 +275,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.last_purged();
-        let last_entry = self
-            .inner
-            .log
-            .last_entry()
-            .map(|id| log_id(id.term, id.index));
-        let last_log_id = match (last_entry, last_purged) {
-            (Some(entry), Some(purged)) if entry.index > purged.index => Some(entry),
-            (Some(_), Some(purged)) => Some(purged),
-            (entry, purged) => entry.or(purged),
-        };
+        let last_log_id = log_end(&self.inner.log, last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -360,6 +358,82 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
     }
+}
+
+/// The last log id the log holds: its last entry, or the last purged id when that is later
+/// (openraft's `last_log_id`, see `get_log_state`).
+fn log_end(log: &Log, last_purged: Option<LogId>) -> Option<LogId> {
+    let last_entry = log.last_entry().map(|id| log_id(id.term, id.index));
+    match (last_entry, last_purged) {
+        (Some(entry), Some(purged)) if entry.index > purged.index => Some(entry),
+        (Some(_), Some(purged)) => Some(purged),
+        (entry, purged) => entry.or(purged),
+    }
+}
+
+/// After a machine crash the log holds what was fsynced, and nothing guarantees that the saved
+/// committed id and applied state (written without being ordered against the log's fsync, see
+/// the stable store's module docs) do not lie beyond it: the leader counts followers' fsyncs,
+/// not only its own, and openraft lets a node commit entries it has accepted but not flushed
+/// yet. openraft would then fail to start ("expected index [c, d), got [None, None)" while
+/// re-applying entries that are gone), or treat the missing range as a snapshot and purge the
+/// log.
+///
+/// The entries past the end are not on this node any more; the leader sends them again. Every
+/// entry the log still holds up to a saved committed id is committed (the log lost a suffix,
+/// not a middle), so both values are lowered to the end of the log. The applied state keeps
+/// its membership when that membership's entry is still in the log; otherwise it falls back to
+/// the snapshot (or to nothing) and openraft re-applies the log from there, finding the
+/// membership entries again.
+fn lower_to_log_end(
+    log: &Log,
+    stable: &dyn StableStore,
+    last_purged: Option<LogId>,
+) -> io::Result<()> {
+    let end = log_end(log, last_purged);
+    let past_end = |id: &LogId| end.is_none_or(|end| id.index > end.index);
+    if let Some(committed) = stable.committed()?
+        && past_end(&committed)
+    {
+        tracing::warn!(
+            committed = %committed, end = ?end,
+            "the saved committed log id lies past the end of the log (entries that were never \
+             fsynced here are gone); lowering it to the end of the log"
+        );
+        stable.save_committed(end.as_ref())?;
+    }
+    if let Some(applied) = stable.applied()?
+        && let Some(last_applied) = applied.last_applied
+        && past_end(&last_applied)
+    {
+        let membership_kept = applied
+            .membership
+            .log_id()
+            .as_ref()
+            .is_none_or(|id| !past_end(id));
+        let lowered = if membership_kept {
+            AppliedState {
+                last_applied: end,
+                membership: applied.membership,
+            }
+        } else {
+            match stable.snapshot()? {
+                Some(meta) if meta.last_log_id.as_ref().is_none_or(|id| !past_end(id)) => {
+                    AppliedState {
+                        last_applied: meta.last_log_id,
+                        membership: meta.last_membership,
+                    }
+                }
+                _ => AppliedState::default(),
+            }
+        };
+        tracing::warn!(
+            applied = %last_applied, end = ?end, lowered_to = ?lowered.last_applied,
+            "the saved applied state lies past the end of the log; lowering it"
+        );
+        stable.save_applied(&lowered, true)?;
+    }
+    Ok(())
 }
 
 /// `[start, end)` of a range of indexes.

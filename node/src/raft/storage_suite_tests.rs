@@ -183,3 +183,67 @@ async fn the_applied_state_is_recovered_from_the_snapshot_when_it_is_newer() {
         "applied {applied:?} is behind the snapshot"
     );
 }
+
+/// A machine crash lost the log's un-fsynced tail, but the committed id and the applied state
+/// (persisted without being ordered against the log's fsync) had already been saved beyond it.
+/// Opening lowers both to the end of the log, so openraft starts instead of failing to re-apply
+/// entries that are gone (the leader sends them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_id_and_applied_state_past_the_end_of_the_log_are_lowered_on_open() {
+    use super::stable_store::AppliedState;
+    use openraft::storage::StorageHelper;
+
+    for membership_lost in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut store, _sm, stable) = open(dir.path(), small_segments());
+            append(&mut store, (0..10).map(|i| blank(1, i)).collect()).await;
+            // What the crash left: entries 10.. were never fsynced, but their commit and
+            // application had been saved.
+            stable
+                .save_committed(Some(&log_id(1, 14)))
+                .expect("save committed");
+            let membership = if membership_lost {
+                StoredMembership::new(Some(log_id(1, 12)), Default::default())
+            } else {
+                StoredMembership::default()
+            };
+            stable
+                .save_applied(
+                    &AppliedState {
+                        last_applied: Some(log_id(1, 13)),
+                        membership,
+                    },
+                    true,
+                )
+                .expect("save applied");
+            store.syncer().stop();
+            store.log().close().expect("close");
+        }
+        let (mut store, mut sm, stable) = open(dir.path(), small_segments());
+        assert_eq!(stable.committed().expect("committed"), Some(log_id(1, 9)));
+        let applied = stable
+            .applied()
+            .expect("applied")
+            .expect("an applied state");
+        let expected = if membership_lost {
+            None // re-applied from the start, where the membership entries are found again
+        } else {
+            Some(log_id(1, 9))
+        };
+        assert_eq!(applied.last_applied, expected);
+        let state = StorageHelper::new(&mut store, &mut sm)
+            .with_id(0)
+            .get_initial_state()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("openraft starts (membership lost: {membership_lost}): {e}")
+            });
+        assert_eq!(state.local_committed(), Some(&log_id(1, 9)));
+        assert_eq!(
+            store.log().next_offset(),
+            10,
+            "nothing the log holds is dropped"
+        );
+    }
+}

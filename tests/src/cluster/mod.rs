@@ -590,8 +590,8 @@ impl ProcessCluster {
 
     /// Simulates losing writes that were never fsynced on a stopped node: cuts its newest
     /// segment back to a random point after the frame of `durable_index` (everything up to it
-    /// is known durable: the leader counted it as replicated there) and appends garbage, as a
-    /// torn write would leave. Returns how many bytes were cut.
+    /// may have been relied upon: see [`ProcessCluster::pause_and_find_durable_index`]) and
+    /// appends garbage, as a torn write would leave. Returns how many bytes were cut.
     pub fn cut_unsynced_tail(&self, index: usize, durable_index: u64) -> Result<u64> {
         use std::io::Write;
         let node = &self.nodes[index];
@@ -649,17 +649,79 @@ impl ProcessCluster {
         Ok((bytes.len() - cut_at) as u64)
     }
 
-    /// The matched index the leader reports for node `index` (what it knows is durable there).
-    pub async fn matched_index_of(&self, index: usize) -> Result<u64> {
-        let leader = self
-            .wait_for_leader(Some(index), Duration::from_secs(30))
-            .await?;
-        let status = self.status_of(leader).await?;
-        status
-            .members
+    /// Pauses node `index` (SIGSTOP: from then on it acknowledges and reveals nothing) and
+    /// returns the highest log index the rest of the cluster may rely on it holding durably:
+    /// what losing its un-fsynced writes must leave in place. Kill it next, then
+    /// [`ProcessCluster::cut_unsynced_tail`].
+    ///
+    /// Only the node itself knows how far it has fsynced, and a paused node cannot be asked, so
+    /// this is what it *revealed*, each part an index whose entry it had fsynced (or that is
+    /// held by a majority without it) — the largest of:
+    /// * the matched index the leader reports for it: followers acknowledge only appends they
+    ///   have fsynced. Read once the leader no longer hears from it (no acknowledgement is
+    ///   still on its way). A new leader (the paused node led) reports nothing, 0;
+    /// * the commit index of every other running node, read right after the pause: what a
+    ///   paused leader told its followers was committed (it counts its own fsynced entries);
+    /// * the highest offset acknowledged to a produce invoked before the pause: a leader acks
+    ///   only committed entries.
+    ///
+    /// An entry after that index was not acknowledged by the node and not revealed as
+    /// committed: losing it is indistinguishable from a crash just before its fsync. (The node's
+    /// own vote and everything else in its state store are not touched.)
+    pub async fn pause_and_find_durable_index(
+        &mut self,
+        index: usize,
+        history: &crate::history::History,
+    ) -> Result<u64> {
+        self.pause(index);
+        let paused_at = history.now();
+        let timeout = Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
+        let mut durable = 0;
+        for (other, node) in self.nodes.iter().enumerate() {
+            if other == index || !node.is_running() || node.paused {
+                continue;
+            }
+            // A node restarted a moment ago may not be listening yet: retry (bounded).
+            let status = loop {
+                match self.status_of(other).await {
+                    Ok(status) => break status,
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            durable = durable.max(status.commit_index);
+        }
+        let id = self.nodes[index].id;
+        let matched = loop {
+            let leader = self.wait_for_leader(Some(index), timeout).await?;
+            let status = self.status_of(leader).await?;
+            let member = status
+                .members
+                .iter()
+                .find(|m| m.node_id == id)
+                .ok_or_else(|| format!("node {index} is not a member"))?;
+            if !member.healthy {
+                break member.matched_index;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the leader (node {leader}) still hears from paused node {index} after \
+                     {timeout:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let acked = history
+            .operations()
             .iter()
-            .find(|m| m.node_id == self.nodes[index].id)
-            .map(|m| m.matched_index)
-            .ok_or_else(|| format!("node {index} is not a member"))
+            .filter(|op| op.invoked < paused_at)
+            .filter_map(|op| match op.outcome {
+                crate::history::Outcome::Acked(offset) => Some(offset),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(durable.max(matched).max(acked))
     }
 }

@@ -214,11 +214,12 @@ async fn lost_unsynced_writes_on_a_restarted_node_are_repaired() {
         } else {
             leader
         };
-        cluster.kill(victim);
+        // Frozen first, so that what it may have promised can be read off the others.
         let durable = cluster
-            .matched_index_of(victim)
+            .pause_and_find_durable_index(victim, workload.history())
             .await
-            .expect("matched index");
+            .unwrap_or_else(|e| panic!("round {round}: durable index of node {victim}: {e}"));
+        cluster.kill(victim);
         let cut = cluster.cut_unsynced_tail(victim, durable).expect("cut");
         eprintln!("round {round}: node {victim} lost {cut} bytes after index {durable}");
         cluster.restart(victim).expect("restart");
