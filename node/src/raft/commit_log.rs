@@ -370,9 +370,11 @@ pub fn servers_from_metrics(metrics: &openraft::RaftMetrics<TypeConfig>) -> Vec<
         .collect()
 }
 
-/// Keeps `servers` equal to [`servers_from_metrics`] until `raft` shuts down. Only real changes
-/// wake watchers (replication positions move with every write, so they are refreshed at most
-/// every `min_interval`).
+/// Keeps `servers` equal to [`servers_from_metrics`] until `raft` shuts down. A change of who is
+/// a member, their roles, addresses or the leader is published at once (clients and
+/// `GetServers` must never see a stale leader or an empty list after a change); replication
+/// positions move with every write, so position-only updates are published at most every
+/// `min_interval` (the latest one always lands).
 pub async fn publish_servers(
     raft: Raft,
     servers: watch::Sender<Arc<Vec<ServerInfo>>>,
@@ -380,23 +382,52 @@ pub async fn publish_servers(
 ) {
     use openraft::async_runtime::WatchReceiver;
     let mut metrics = raft.metrics();
+    let mut last_publish: Option<tokio::time::Instant> = None;
     loop {
         let list = servers_from_metrics(&metrics.borrow_and_update());
-        servers.send_if_modified(|current| {
-            if **current == list {
-                false
-            } else {
-                *current = Arc::new(list);
-                true
+        let structural = !same_members(&servers.borrow(), &list);
+        let due = last_publish.is_none_or(|at| at.elapsed() >= min_interval);
+        let pending = if structural || due {
+            let published = servers.send_if_modified(|current| {
+                if **current == list {
+                    false
+                } else {
+                    *current = Arc::new(list);
+                    true
+                }
+            });
+            if published {
+                last_publish = Some(tokio::time::Instant::now());
             }
-        });
-        // Throttle *after* publishing: a change after a quiet spell shows at once, a burst of
-        // replication-position updates at most every `min_interval`.
-        tokio::time::sleep(min_interval).await;
-        if metrics.changed().await.is_err() {
-            return;
+            false
+        } else {
+            true
+        };
+        match (pending, last_publish) {
+            (true, Some(at)) => {
+                tokio::select! {
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(at + min_interval) => {}
+                }
+            }
+            _ => {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// Whether two member lists agree on everything but replication positions.
+fn same_members(a: &[ServerInfo], b: &[ServerInfo]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.id == y.id
+                && x.rpc_addr == y.rpc_addr
+                && x.is_leader == y.is_leader
+                && x.role == y.role
+        })
 }
 
 #[cfg(test)]
@@ -405,6 +436,28 @@ mod tests {
 
     fn through_the_wire(error: BackendError) -> BackendError {
         error_from_leader(&tonic::Status::from(error), 2, "127.0.0.3:8400")
+    }
+
+    #[test]
+    fn membership_changes_are_structural_and_positions_are_not() {
+        let server = |id: u64, is_leader: bool, replicated_offset: u64| ServerInfo {
+            id,
+            rpc_addr: format!("127.0.0.{id}:8400"),
+            is_leader,
+            role: MemberRole::Voter,
+            replicated_offset,
+        };
+        let before = [server(1, true, 10), server(2, false, 9)];
+        assert!(same_members(
+            &before,
+            &[server(1, true, 50), server(2, false, 49)]
+        ));
+        assert!(!same_members(
+            &before,
+            &[server(1, false, 10), server(2, true, 9)]
+        ));
+        assert!(!same_members(&before, &[server(1, true, 10)]));
+        assert!(!same_members(&[], &before));
     }
 
     #[test]

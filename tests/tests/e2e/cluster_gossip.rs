@@ -302,9 +302,22 @@ async fn the_client_fails_over_reads_from_followers_and_follows_a_transfer() {
         .produce("after-transfer")
         .await
         .expect("produce after the transfer");
-    let servers = client.servers().await.expect("servers");
-    let new_leader = servers.iter().find(|s| s.is_leader).expect("a leader");
-    assert_eq!(new_leader.id, cluster.nodes[target].id.to_string());
+    // The client's member list names the new leader (each node learns of the new term within
+    // a heartbeat; bounded wait).
+    let want = cluster.nodes[target].id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let servers = client.servers().await.expect("servers");
+        let leader = servers.iter().find(|s| s.is_leader).map(|s| s.id.clone());
+        if leader.as_deref() == Some(want.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client still sees leader {leader:?}, not node {want}: {servers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Kill the leader between produces: the next produce is retried on the new leader without
     // the caller seeing an error (nothing was in flight, so nothing is ambiguous). A produce
