@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 export LOGCLUSTER_TOOLS_DIR ?= /var/tmp/logcluster-tools
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds images dev
+.PHONY: test setup fmt-check clippy deny-openssl unit build release fmt help k8s-tools test-k8s crds images dev bench
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ build: ## Debug build of every binary
 
 release: ## Release build of every binary
 	$(CARGO) build --workspace --release --locked
+
+bench: release ## Benchmarks: the commit log, then logctl bench on 1- and 3-node local clusters
+	$(CARGO) bench --locked -p logcluster-node --bench log
+	./scripts/bench-cluster.sh 1
+	./scripts/bench-cluster.sh 3
 
 images: ## Container images lognode and logcluster-operator (static binaries, buildah, no daemon)
 	./images/build.sh images
