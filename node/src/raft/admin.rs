@@ -8,6 +8,7 @@
 //! error details. Every call is idempotent: repeating it after a timeout is safe.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
@@ -25,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use super::network::PeerChannels;
 use super::types::{Node, NodeId, Raft, TypeConfig};
+use super::vote_gate::VoteGate;
 use crate::api::AccessControl;
 use crate::api::access::action;
 use crate::api::backend::BackendError;
@@ -59,6 +61,7 @@ pub struct ClusterAdmin {
     log: Log,
     channels: PeerChannels,
     timeouts: AdminTimeouts,
+    vote_gate: Arc<VoteGate>,
 }
 
 impl std::fmt::Debug for ClusterAdmin {
@@ -82,6 +85,7 @@ impl ClusterAdmin {
         log: Log,
         channels: PeerChannels,
         timeouts: AdminTimeouts,
+        vote_gate: Arc<VoteGate>,
     ) -> Self {
         ClusterAdmin {
             node_id,
@@ -89,6 +93,7 @@ impl ClusterAdmin {
             log,
             channels,
             timeouts,
+            vote_gate,
         }
     }
 
@@ -146,7 +151,10 @@ impl ClusterAdmin {
             )));
         }
         match self.raft.initialize(members.clone()).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.vote_gate.open("initialized a new cluster here");
+                Ok(true)
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 let metrics = self.metrics();
                 let current: BTreeSet<NodeId> =

@@ -58,6 +58,7 @@ pub mod state_machine;
 mod storage_suite_tests;
 pub mod syncer;
 pub mod types;
+pub mod vote_gate;
 
 pub use admin::{AdminService, AdminTimeouts, ClusterAdmin};
 pub use error::{RaftNodeError, Result};

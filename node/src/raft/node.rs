@@ -29,6 +29,7 @@ use super::stable_store::{SledStableStore, StableStore};
 use super::state_machine::StateMachine;
 use super::syncer::Syncer;
 use super::types::{Node, NodeId, Raft, TypeConfig};
+use super::vote_gate::VoteGate;
 use crate::api::AccessControl;
 use crate::api::backend::{CommitLog, ServerInfo};
 use crate::auth::tls::ReloadingTlsFiles;
@@ -128,6 +129,7 @@ pub struct RaftNode {
     commit_log: Arc<RaftCommitLog>,
     admin: ClusterAdmin,
     channels: PeerChannels,
+    vote_gate: Arc<VoteGate>,
     readiness: watch::Receiver<(bool, String)>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -165,6 +167,13 @@ impl RaftNode {
             blocking(move || SledStableStore::open(&dir).map_err(std::io::Error::from)).await?,
         );
         check_vote_not_lost(&log, stable.as_ref(), &state_dir)?;
+        let fresh = stable.vote()?.is_none()
+            && log.last_entry().is_none()
+            && stable.last_purged()?.is_none();
+        let vote_gate = Arc::new(
+            VoteGate::load(config.node_id, &config.data_dir, fresh)
+                .map_err(RaftNodeError::Storage)?,
+        );
 
         let sync_per_append = log.config().fsync == FsyncPolicy::Always;
         let syncer = Arc::new(Syncer::start(
@@ -239,6 +248,7 @@ impl RaftNode {
             log.clone(),
             channels.clone(),
             config.admin_timeouts,
+            Arc::clone(&vote_gate),
         );
         tracing::info!(node_id, addr = %config.advertise_addr, "raft node started");
         Ok(RaftNode {
@@ -251,6 +261,7 @@ impl RaftNode {
             commit_log,
             admin,
             channels,
+            vote_gate,
             readiness,
             tasks,
         })
@@ -263,7 +274,13 @@ impl RaftNode {
 
     /// The peer API (`raft.v1`), every call authorized with `replicate`.
     pub fn raft_service(&self, access: AccessControl) -> RaftServer<RaftService> {
-        RaftService::new(self.raft.clone(), Arc::clone(&self.commit_log), access).into_server()
+        RaftService::new(
+            self.raft.clone(),
+            Arc::clone(&self.commit_log),
+            access,
+            Arc::clone(&self.vote_gate),
+        )
+        .into_server()
     }
 
     /// The admin API (`admin.v1`), every call authorized with `admin`.
@@ -314,6 +331,7 @@ impl RaftNode {
                     node_id = self.config.node_id,
                     "initialized a new single-voter cluster"
                 );
+                self.vote_gate.open("initialized a new cluster here");
                 Ok(true)
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),

@@ -16,6 +16,7 @@ use super::commit_log::RaftCommitLog;
 use super::network::MAX_MESSAGE_BYTES;
 use super::pb::{self, FromPb, ToPb, proto};
 use super::types::{Raft, SnapshotMeta, TypeConfig, Vote};
+use super::vote_gate::VoteGate;
 use crate::api::AccessControl;
 use crate::api::access::action;
 use crate::api::backend::NewRecord;
@@ -26,14 +27,34 @@ pub struct RaftService {
     raft: Raft,
     commit_log: Arc<RaftCommitLog>,
     access: AccessControl,
+    vote_gate: Arc<VoteGate>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, commit_log: Arc<RaftCommitLog>, access: AccessControl) -> Self {
+    pub fn new(
+        raft: Raft,
+        commit_log: Arc<RaftCommitLog>,
+        access: AccessControl,
+        vote_gate: Arc<VoteGate>,
+    ) -> Self {
         RaftService {
             raft,
             commit_log,
             access,
+            vote_gate,
+        }
+    }
+
+    /// Refuses a vote request this node must not consider while it catches up (see
+    /// [`VoteGate`]). The candidate sees an unreachable voter, which is all it needs to know.
+    fn check_vote_gate(&self, req: &VoteRequest<TypeConfig>) -> Result<(), Status> {
+        if self.vote_gate.admits(req.last_log_id.as_ref()) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "this node has a new data directory and has not caught up with its cluster; \
+                 it does not vote until it has",
+            ))
         }
     }
 
@@ -70,7 +91,9 @@ impl RaftApi for RaftService {
     ) -> Result<Response<proto::AppendEntriesResponse>, Status> {
         self.access.check(&request, action::REPLICATE)?;
         let req = AppendEntriesRequest::from_pb(request.into_inner())?;
+        let leader_commit = req.leader_commit.map(|id| id.index);
         let resp = self.raft.append_entries(req).await.map_err(raft_error)?;
+        observe_append(&self.vote_gate, &self.raft, leader_commit);
         Ok(Response::new(resp.to_pb()))
     }
 
@@ -85,8 +108,12 @@ impl RaftApi for RaftService {
         // the reason instead of silently.
         let failure: Arc<Mutex<Option<Status>>> = Arc::new(Mutex::new(None));
         let input_failure = Arc::clone(&failure);
+        // The newest leader commit index seen on the stream, for the vote gate.
+        let leader_commit: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
+        let input_commit = Arc::clone(&leader_commit);
         let input = futures::stream::unfold(Some(request.into_inner()), move |incoming| {
             let failure = Arc::clone(&input_failure);
+            let leader_commit = Arc::clone(&input_commit);
             async move {
                 let mut incoming = incoming?;
                 let decoded = match incoming.message().await {
@@ -95,7 +122,10 @@ impl RaftApi for RaftService {
                     Err(status) => Err(status),
                 };
                 match decoded {
-                    Ok(req) => Some((req, Some(incoming))),
+                    Ok(req) => {
+                        *leader_commit.lock() = req.leader_commit.map(|id| id.index);
+                        Some((req, Some(incoming)))
+                    }
                     Err(status) => {
                         *failure.lock() = Some(status);
                         None
@@ -103,10 +133,20 @@ impl RaftApi for RaftService {
                 }
             }
         });
-        let output = self.raft.stream_append(input).map(|result| match result {
-            Ok(result) => Ok(pb::stream_append_result_to_pb(&result)),
-            Err(fatal) => Err(fatal_status(fatal)),
-        });
+        let gate = Arc::clone(&self.vote_gate);
+        let raft = self.raft.clone();
+        let output = self
+            .raft
+            .stream_append(input)
+            .map(move |result| match result {
+                Ok(result) => {
+                    if result.is_ok() {
+                        observe_append(&gate, &raft, *leader_commit.lock());
+                    }
+                    Ok(pb::stream_append_result_to_pb(&result))
+                }
+                Err(fatal) => Err(fatal_status(fatal)),
+            });
         let trailer = futures::stream::once(async move { failure.lock().take() })
             .filter_map(|status| async move { status.map(Err) });
         let stream: ResponseStream = Box::pin(output.chain(trailer));
@@ -119,6 +159,7 @@ impl RaftApi for RaftService {
     ) -> Result<Response<proto::VoteResponse>, Status> {
         self.access.check(&request, action::REPLICATE)?;
         let req = VoteRequest::from_pb(request.into_inner())?;
+        self.check_vote_gate(&req)?;
         let resp = self.raft.vote(req).await.map_err(raft_error)?;
         Ok(Response::new(resp.to_pb()))
     }
@@ -129,6 +170,7 @@ impl RaftApi for RaftService {
     ) -> Result<Response<proto::VoteResponse>, Status> {
         self.access.check(&request, action::REPLICATE)?;
         let req = VoteRequest::from_pb(request.into_inner())?;
+        self.check_vote_gate(&req)?;
         let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
         Ok(Response::new(resp.to_pb()))
     }
@@ -182,5 +224,14 @@ impl RaftApi for RaftService {
             .await
             .map_err(Status::from)?;
         Ok(Response::new(proto::ForwardProduceResponse { offsets }))
+    }
+}
+
+/// Lets the vote gate open once this node's log covers the leader's commit index (cheap once
+/// open: the metrics are only read while the node catches up).
+fn observe_append(gate: &VoteGate, raft: &Raft, leader_commit: Option<u64>) {
+    if !gate.is_open() {
+        let last = super::metrics_watch::current(raft).last_log_index;
+        gate.observe_append(leader_commit, last);
     }
 }

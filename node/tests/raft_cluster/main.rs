@@ -8,3 +8,4 @@ mod security;
 mod snapshot;
 mod support;
 mod throughput;
+mod vote_gate;
