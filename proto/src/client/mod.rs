@@ -93,9 +93,11 @@ pub struct LogClient {
     shared: Arc<Shared>,
 }
 
-/// Backoff between retries: 50 ms doubling to 1 s, with jitter so clients don't stampede.
+/// Backoff between retries: 50 ms doubling to 250 ms, with jitter so clients don't stampede.
+/// Retries mostly wait for an election (hundreds of ms): a low cap lets the first attempt after
+/// it land soon, and a retry costs the cluster one cheap refusal.
 fn backoff(attempt: u32) -> Duration {
-    let base = 50u64.saturating_mul(1 << attempt.min(5)).min(1_000);
+    let base = 50u64.saturating_mul(1 << attempt.min(3)).min(250);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
 }
