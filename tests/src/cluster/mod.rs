@@ -49,6 +49,9 @@ pub struct ClusterSpec {
     pub discovery: Discovery,
     /// Extra flags for every node.
     pub extra_args: Vec<String>,
+    /// Node 0 runs `--bootstrap`; when false the cluster is initialized through the admin API
+    /// (as the operator does).
+    pub bootstrap: bool,
 }
 
 /// How nodes beyond the first become members.
@@ -68,6 +71,7 @@ impl ClusterSpec {
             fsync: "always",
             discovery: Discovery::Join,
             extra_args: Vec::new(),
+            bootstrap: true,
         }
     }
 }
@@ -235,13 +239,15 @@ impl ProcessCluster {
         match self.spec.discovery {
             Discovery::Join => {
                 if index == 0 {
-                    args.push("--bootstrap".into());
+                    if self.spec.bootstrap {
+                        args.push("--bootstrap".into());
+                    }
                 } else {
                     args.push(format!("--join={}:{GRPC_PORT}", first.ip));
                 }
             }
             Discovery::Gossip => {
-                if index == 0 {
+                if index == 0 && self.spec.bootstrap {
                     args.push("--bootstrap".into());
                 }
                 args.push(format!("--gossip-seed={}:{GOSSIP_PORT}", first.ip));

@@ -505,6 +505,9 @@ impl Harness {
         let mut spec = ClusterSpec::new(0, subnet);
         spec.discovery = Discovery::Gossip;
         spec.extra_args = vec![GOSSIP_INTERVAL.to_owned()];
+        // As in Kubernetes: node 0 starts uninitialized and the operator initializes the
+        // cluster through the admin API.
+        spec.bootstrap = false;
 
         // The same CA, handed to the operator as an existing CA Secret.
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -728,10 +731,15 @@ async fn wait_for_traffic(workload: &Workload, since: Duration, count: usize) ->
 async fn k8s_operator_scaling_grows_and_shrinks_a_real_cluster_one_voter_at_a_time() -> Result<()> {
     let h = Harness::start("lc-real-scale", 40).await?;
 
-    // From nothing to 3: the StatefulSet starts with node 0 (which bootstraps) and grows by one
-    // each time the newest node is a voter.
+    // From nothing to 3: the StatefulSet starts with node 0, which the operator initializes,
+    // and grows by one each time the newest node is a voter.
     h.create_cluster(3).await?;
     assert_eq!(h.pods.replicas(), [1, 2, 3]);
+    ensure!(
+        h.events.position(0, "ClusterInitialized", "").is_some(),
+        "the operator initialized the cluster: {:?}",
+        h.events.since(0)
+    );
     check_views(&h.monitor.since(0), &[ids(0..1), ids(0..2), ids(0..3)])?;
 
     let workload = Workload::start(&h.log_client().await?, 2, true);
