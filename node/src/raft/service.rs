@@ -134,14 +134,14 @@ impl RaftApi for RaftService {
             }
         });
         let gate = Arc::clone(&self.vote_gate);
-        let raft = self.raft.clone();
         let output = self
             .raft
             .stream_append(input)
             .map(move |result| match result {
                 Ok(result) => {
-                    if result.is_ok() {
-                        observe_append(&gate, &raft, *leader_commit.lock());
+                    // The result names what this node has flushed: no metrics needed.
+                    if let Ok(Some(flushed)) = &result {
+                        gate.observe_append(*leader_commit.lock(), Some(flushed.index));
                     }
                     Ok(pb::stream_append_result_to_pb(&result))
                 }
