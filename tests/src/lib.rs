@@ -2,8 +2,10 @@
 //!
 //! * [`cluster`] — real `lognode` processes on loopback with fault injection (tier 3/4).
 //! * [`history`] — the client-side history and the P1–P8 checker.
+//! * [`http`] — a plain GET for health and metrics ports.
 //! * [`k8s`] — a real etcd + kube-apiserver control plane on loopback (tier 5 of TESTING.md).
 
 pub mod cluster;
 pub mod history;
+pub mod http;
 pub mod k8s;

@@ -52,6 +52,10 @@ pub struct ClusterSpec {
     /// Node 0 runs `--bootstrap`; when false the cluster is initialized through the admin API
     /// (as the operator does).
     pub bootstrap: bool,
+    /// DNS names the node certificate holds besides `localhost` (e.g. pod names).
+    pub node_dns_names: Vec<String>,
+    /// ACL lines besides the test policy (e.g. `p, operator, *, admin`).
+    pub extra_policy: Vec<String>,
 }
 
 /// How nodes beyond the first become members.
@@ -72,6 +76,8 @@ impl ClusterSpec {
             discovery: Discovery::Join,
             extra_args: Vec::new(),
             bootstrap: true,
+            node_dns_names: Vec::new(),
+            extra_policy: Vec::new(),
         }
     }
 }
@@ -166,20 +172,7 @@ impl ProcessCluster {
     /// Starts `spec.nodes` nodes: node 0 bootstraps, the others join; waits until all are
     /// voters of one cluster with a leader.
     pub async fn start(spec: ClusterSpec) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("logcluster-{}-", spec.subnet))
-            .tempdir()
-            .map_err(|e| format!("tempdir: {e}"))?;
-        let ips: Vec<Ipv4Addr> = (0..16)
-            .map(|i| Ipv4Addr::new(127, 0, spec.subnet, i + 1))
-            .collect();
-        let pki = ClusterPki::create(&dir.path().join("certs"), &ips)?;
-        let mut cluster = ProcessCluster {
-            spec: spec.clone(),
-            dir,
-            pki,
-            nodes: Vec::new(),
-        };
+        let mut cluster = Self::create(spec.clone())?;
         for _ in 0..spec.nodes {
             cluster.add_node_process()?;
         }
@@ -187,6 +180,31 @@ impl ProcessCluster {
             .wait_for_voters(spec.nodes, Duration::from_secs(60))
             .await?;
         Ok(cluster)
+    }
+
+    /// The directory and certificates of a cluster, without any node yet (nodes are added with
+    /// [`ProcessCluster::add_node_process`]; `spec.nodes` is not used).
+    pub fn create(spec: ClusterSpec) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("logcluster-{}-", spec.subnet))
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let ips: Vec<Ipv4Addr> = (0..16)
+            .map(|i| Ipv4Addr::new(127, 0, spec.subnet, i + 1))
+            .collect();
+        let policy: Vec<&str> = spec.extra_policy.iter().map(String::as_str).collect();
+        let pki = ClusterPki::create(
+            &dir.path().join("certs"),
+            &ips,
+            &spec.node_dns_names,
+            &policy,
+        )?;
+        Ok(ProcessCluster {
+            spec,
+            dir,
+            pki,
+            nodes: Vec::new(),
+        })
     }
 
     /// Starts one more node (id = next index) that joins the running cluster.

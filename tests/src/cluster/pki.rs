@@ -37,15 +37,10 @@ pub struct ClusterPki {
 }
 
 impl ClusterPki {
-    /// A CA, one node certificate valid for every IP in `ips` (and localhost), a `root` client,
-    /// the policy and a random gossip key.
-    pub fn create(dir: &Path, ips: &[Ipv4Addr]) -> Result<Self, String> {
-        Self::create_with(dir, ips, &[], &[])
-    }
-
-    /// Like [`ClusterPki::create`], with more DNS names in the node certificate (e.g. the pod
-    /// names an operator dials) and more policy lines (e.g. `p, operator, *, admin`).
-    pub fn create_with(
+    /// A CA (key kept as `ca-key.pem`), one node certificate valid for every IP in `ips`,
+    /// localhost and `node_dns_names`, a `root` client, the test policy plus `policy_lines`,
+    /// and a random gossip key.
+    pub fn create(
         dir: &Path,
         ips: &[Ipv4Addr],
         node_dns_names: &[String],

@@ -4,8 +4,7 @@
 //! joins; the client fails over, reads from followers and follows a leadership transfer.
 //! Loopback subnets 20–24 (cluster_raft uses 10–17).
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
@@ -13,6 +12,7 @@ use logcluster_api::admin_v1::{MemberRole, TransferLeaderRequest};
 use logcluster_tests::cluster::{
     ClusterSpec, Discovery, GOSSIP_PORT, ProcessCluster, Workload, outcome_of,
 };
+use logcluster_tests::http;
 
 /// Faster gossip than production (1 s) so failure detection fits a test.
 const GOSSIP_INTERVAL: &str = "--gossip-interval=250ms";
@@ -66,31 +66,10 @@ fn ids(members: &[(u64, MemberRole)]) -> Vec<u64> {
     members.iter().map(|(id, _)| *id).collect()
 }
 
-/// GET over plain HTTP/1.0 (the health/metrics port).
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
-}
-
-/// The status code of a GET, `None` when the server cannot be reached.
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The value of one series (exact name with labels) on a node's `/metrics`, 0 when absent.
 fn metric(cluster: &ProcessCluster, index: usize, series: &str) -> f64 {
-    let text = http_get(&cluster.nodes[index].http_addr(), "/metrics");
+    let addr = cluster.nodes[index].http_addr();
+    let (_, text) = http::get(&addr, "/metrics").unwrap_or_else(|e| panic!("{addr}/metrics: {e}"));
     text.lines()
         .find_map(|line| {
             line.strip_prefix(series)
@@ -344,8 +323,8 @@ async fn wait_ready(cluster: &ProcessCluster, index: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = cluster.nodes[index].http_addr();
     loop {
-        let ready =
-            http_status(&addr, "/readyz") == Some(200) && cluster.status_of(index).await.is_ok();
+        let ready = http::get(&addr, "/readyz").is_ok_and(|(code, _)| code == 200)
+            && cluster.status_of(index).await.is_ok();
         if ready {
             return;
         }

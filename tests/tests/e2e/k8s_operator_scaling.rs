@@ -43,9 +43,7 @@ use logcluster_operator::crd::{LogCluster, MemberRole as CrdRole, ScalingPhase};
 use logcluster_operator::node_client::{GrpcConnector, NodeConnector, StaticResolver};
 use logcluster_operator::resources::BuildSettings;
 use logcluster_operator::resources::names::ClusterNames;
-use logcluster_tests::cluster::{
-    ClusterPki, ClusterSpec, Discovery, GRPC_PORT, ProcessCluster, Workload,
-};
+use logcluster_tests::cluster::{ClusterSpec, Discovery, GRPC_PORT, ProcessCluster, Workload};
 use logcluster_tests::k8s::ControlPlane;
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
@@ -484,30 +482,20 @@ impl Harness {
             cluster_domain: BuildSettings::default().cluster_domain,
         };
 
-        // The nodes' PKI: their certificate also holds the pod names the operator verifies,
-        // and the ACL grants the operator's certificate (CN `operator`) `admin`.
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("logcluster-{subnet}-"))
-            .tempdir()?;
-        let ips: Vec<std::net::Ipv4Addr> = (0..MAX_PODS)
-            .map(|i| std::net::Ipv4Addr::new(127, 0, subnet, i + 1))
-            .collect();
-        let pod_names: Vec<String> = (0..u32::from(MAX_PODS))
-            .map(|i| names.pod_fqdn(i))
-            .collect();
-        let pki = ClusterPki::create_with(
-            &dir.path().join("certs"),
-            &ips,
-            &pod_names,
-            &["p, operator, *, admin"],
-        )
-        .map_err(anyhow::Error::msg)?;
         let mut spec = ClusterSpec::new(0, subnet);
         spec.discovery = Discovery::Gossip;
         spec.extra_args = vec![GOSSIP_INTERVAL.to_owned()];
         // As in Kubernetes: node 0 starts uninitialized and the operator initializes the
         // cluster through the admin API.
         spec.bootstrap = false;
+        // The nodes' certificate also holds the pod names the operator verifies, and the ACL
+        // grants the operator's certificate (CN `operator`) `admin`.
+        spec.node_dns_names = (0..u32::from(MAX_PODS))
+            .map(|i| names.pod_fqdn(i))
+            .collect();
+        spec.extra_policy = vec!["p, operator, *, admin".to_owned()];
+        let cluster = ProcessCluster::create(spec).map_err(anyhow::Error::msg)?;
+        let pki = cluster.pki.clone();
 
         // The same CA, handed to the operator as an existing CA Secret.
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -539,12 +527,7 @@ impl Harness {
                 &format!("127.0.{subnet}.{}:{GRPC_PORT}", i + 1),
             );
         }
-        let cluster: Shared = Arc::new(AsyncMutex::new(ProcessCluster {
-            spec,
-            dir,
-            pki,
-            nodes: Vec::new(),
-        }));
+        let cluster: Shared = Arc::new(AsyncMutex::new(cluster));
         let events = EventLog::start(client.clone(), &ns);
         let pods = Pods::start(client.clone(), &ns, cluster.clone());
         let monitor = Monitor::start(cluster.clone());
