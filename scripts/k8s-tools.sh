@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes test binaries (etcd, kube-apiserver, kube-controller-manager, helm) from Go
-# modules and caches them by version outside the checkout, so a fresh clone or a second worktree
-# reuses them.
+# Builds the Kubernetes test binaries from Go modules and caches them by version outside the
+# checkout, so a fresh clone or a second worktree reuses them: etcd, kube-apiserver,
+# kube-controller-manager and helm (the control-plane tests), and kubelet, kube-scheduler,
+# kube-proxy, coredns and pause (the one-node cluster that runs real pods).
 #
 # Usage: scripts/k8s-tools.sh [build [TOOL...]]   build what is missing (default: all of the
 #                                                 above; kubectl too where the machine has none)
@@ -20,7 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS_SRC="$ROOT/tests/tools"
 TOOLS_DIR="${LOGCLUSTER_TOOLS_DIR:-/var/tmp/logcluster-tools}"
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager helm)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager helm kube-scheduler kubelet kube-proxy coredns pause)
 # Bumped when the build recipe below changes in a way the hashed files do not show.
 RECIPE=1
 
@@ -49,8 +50,8 @@ tool_spec() {
       VERSION="$(module_version "$MODDIR" go.etcd.io/etcd/server/v3)"
       LDFLAGS="-s -w"
       ;;
-    kube-apiserver | kube-controller-manager | kubectl)
-      MODDIR="$TOOLS_SRC/kube-apiserver"
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl)
+      MODDIR="$TOOLS_SRC/kubernetes"
       PKG="k8s.io/kubernetes/cmd/$1"
       BIN="$1"
       VERSION="$(module_version "$MODDIR" k8s.io/kubernetes)"
@@ -84,6 +85,23 @@ tool_spec() {
       for p in pkg/lint/rules pkg/chartutil; do
         LDFLAGS+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=$k8s_minor"
       done
+      ;;
+    coredns)
+      # Our own main with only the plugins the test cluster uses (tests/tools/coredns/main.go).
+      MODDIR="$TOOLS_SRC/coredns"
+      PKG="."
+      BIN="coredns"
+      VERSION="$(module_version "$MODDIR" github.com/coredns/coredns)"
+      LDFLAGS="-s -w"
+      ;;
+    pause)
+      # The pod sandbox's pause process (nothing can be pulled from a registry here).
+      MODDIR="$TOOLS_SRC/pause"
+      PKG="."
+      BIN="pause"
+      VERSION="$(awk '/^\/\/ version:/ { print $3; exit }' "$MODDIR/main.go")"
+      [ -n "$VERSION" ] || die "$MODDIR/main.go has no '// version:' line"
+      LDFLAGS="-s -w"
       ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]} kubectl)" ;;
   esac

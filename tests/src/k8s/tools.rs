@@ -23,11 +23,18 @@ pub enum Tool {
     KubeControllerManager,
     Helm,
     Kubectl,
+    Kubelet,
+    KubeScheduler,
+    KubeProxy,
+    Coredns,
+    Pause,
 }
 
 // NB: included at compile time, so a version bump in a go.mod rebuilds the harness with it.
 const ETCD_GO_MOD: &str = include_str!("../../tools/etcd/go.mod");
-const KUBE_GO_MOD: &str = include_str!("../../tools/kube-apiserver/go.mod");
+const KUBE_GO_MOD: &str = include_str!("../../tools/kubernetes/go.mod");
+const COREDNS_GO_MOD: &str = include_str!("../../tools/coredns/go.mod");
+const PAUSE_MAIN_GO: &str = include_str!("../../tools/pause/main.go");
 const HELM_GO_MOD: &str = include_str!("../../tools/helm/go.mod");
 
 impl Tool {
@@ -39,6 +46,11 @@ impl Tool {
             Tool::KubeControllerManager => "kube-controller-manager",
             Tool::Helm => "helm",
             Tool::Kubectl => "kubectl",
+            Tool::Kubelet => "kubelet",
+            Tool::KubeScheduler => "kube-scheduler",
+            Tool::KubeProxy => "kube-proxy",
+            Tool::Coredns => "coredns",
+            Tool::Pause => "pause",
         }
     }
 
@@ -50,18 +62,32 @@ impl Tool {
             Tool::KubeControllerManager => "LOGCLUSTER_KUBE_CONTROLLER_MANAGER",
             Tool::Helm => "LOGCLUSTER_HELM",
             Tool::Kubectl => "LOGCLUSTER_KUBECTL",
+            Tool::Kubelet => "LOGCLUSTER_KUBELET",
+            Tool::KubeScheduler => "LOGCLUSTER_KUBE_SCHEDULER",
+            Tool::KubeProxy => "LOGCLUSTER_KUBE_PROXY",
+            Tool::Coredns => "LOGCLUSTER_COREDNS",
+            Tool::Pause => "LOGCLUSTER_PAUSE",
         }
     }
 
-    /// The version the committed `go.mod` pins (kube-controller-manager, and kubectl when the
-    /// machine has none, are built from the same module as kube-apiserver).
+    /// The version the committed `go.mod` pins (every Kubernetes component, and kubectl when
+    /// the machine has none, is built from the one `tools/kubernetes` module); pause, our own
+    /// program, carries its version in a `// version:` line of its source.
     pub fn version(self) -> &'static str {
         let (go_mod, module) = match self {
             Tool::Etcd => (ETCD_GO_MOD, "go.etcd.io/etcd/server/v3"),
-            Tool::KubeApiserver | Tool::KubeControllerManager | Tool::Kubectl => {
-                (KUBE_GO_MOD, "k8s.io/kubernetes")
-            }
+            Tool::KubeApiserver
+            | Tool::KubeControllerManager
+            | Tool::Kubectl
+            | Tool::Kubelet
+            | Tool::KubeScheduler
+            | Tool::KubeProxy => (KUBE_GO_MOD, "k8s.io/kubernetes"),
             Tool::Helm => (HELM_GO_MOD, "helm.sh/helm/v3"),
+            Tool::Coredns => (COREDNS_GO_MOD, "github.com/coredns/coredns"),
+            Tool::Pause => {
+                return source_version(PAUSE_MAIN_GO)
+                    .expect("tests/tools/pause/main.go has a `// version:` line");
+            }
         };
         required_version(go_mod, module).unwrap_or_else(|| {
             panic!(
@@ -145,6 +171,14 @@ fn required_version<'a>(go_mod: &'a str, module: &str) -> Option<&'a str> {
     })
 }
 
+/// The version in a `// version: vN` line of a Go source file.
+fn source_version(source: &str) -> Option<&str> {
+    source
+        .lines()
+        .find_map(|line| line.strip_prefix("// version:"))
+        .map(str::trim)
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
@@ -170,6 +204,9 @@ mod tests {
         assert!(Tool::KubeApiserver.version().starts_with("v1.35."));
         assert!(Tool::Etcd.version().starts_with("v3.6."));
         assert!(Tool::Helm.version().starts_with("v3."));
+        assert_eq!(Tool::Kubelet.version(), Tool::KubeApiserver.version());
+        assert!(Tool::Coredns.version().starts_with("v1."));
+        assert_eq!(Tool::Pause.version(), "v1");
     }
 
     #[test]
