@@ -102,23 +102,33 @@ impl ClusterAdmin {
     }
 
     /// Whether this node leads, or where the leader is. `UNAVAILABLE` without a known leader.
-    fn route(&self) -> Result<Route, Status> {
-        let metrics = self.metrics();
+    /// Where a write must go. During an election (or just after a leadership transfer, when the
+    /// new leader has not yet announced itself) no node knows a leader for a moment: wait for
+    /// one, bounded by a few election timeouts, rather than fail an admin call that would succeed
+    /// a few hundred milliseconds later.
+    async fn route(&self) -> Result<Route, Status> {
+        let me = self.node_id;
+        let settled = |m: &RaftMetrics<TypeConfig>| match m.current_leader {
+            Some(id) if id == me => m.state == ServerState::Leader,
+            Some(_) => true,
+            None => false,
+        };
+        let bound = Duration::from_millis(self.raft.config().election_timeout_max * 4);
+        let metrics = match super::metrics_watch::wait_until(&self.raft, bound, settled).await {
+            Ok(metrics) => metrics,
+            Err(_) => return Err(Status::from(BackendError::NoLeader)),
+        };
         match metrics.current_leader {
-            Some(id) if id == self.node_id && metrics.state == ServerState::Leader => {
-                Ok(Route::Here)
-            }
-            Some(id) if id != self.node_id => {
-                match metrics.membership_config.membership().get_node(&id) {
-                    Some(node) => Ok(Route::Leader(id, node.addr.clone())),
-                    None => Err(Status::from(BackendError::NotLeader {
-                        leader_id: Some(id),
-                        leader_addr: None,
-                        not_applied: true,
-                    })),
-                }
-            }
-            _ => Err(Status::from(BackendError::NoLeader)),
+            Some(id) if id == me => Ok(Route::Here),
+            Some(id) => match metrics.membership_config.membership().get_node(&id) {
+                Some(node) => Ok(Route::Leader(id, node.addr.clone())),
+                None => Err(Status::from(BackendError::NotLeader {
+                    leader_id: Some(id),
+                    leader_addr: None,
+                    not_applied: true,
+                })),
+            },
+            None => Err(Status::from(BackendError::NoLeader)),
         }
     }
 
@@ -184,7 +194,7 @@ impl ClusterAdmin {
         forwarded: bool,
     ) -> Result<u64, Status> {
         check_addr(&node.rpc_addr)?;
-        match self.route()? {
+        match self.route().await? {
             Route::Here => {}
             Route::Leader(id, addr) if !forwarded => {
                 let mut client = self.leader_client(id, &addr)?;
@@ -245,7 +255,7 @@ impl ClusterAdmin {
     /// Removes node `id` (voter or learner). When it is this node and this node leads,
     /// leadership moves to another voter first.
     pub async fn remove_node(&self, id: NodeId, forwarded: bool) -> Result<u64, Status> {
-        match self.route()? {
+        match self.route().await? {
             Route::Here => {}
             Route::Leader(leader, addr) if !forwarded => {
                 let mut client = self.leader_client(leader, &addr)?;
@@ -279,11 +289,25 @@ impl ClusterAdmin {
                 .map(|n| n.addr.clone())
                 .ok_or_else(|| Status::unavailable("the new leader has no address"))?;
             let mut client = self.leader_client(new_leader, &addr)?;
-            return client
-                .remove_node(forwarded_request(RemoveNodeRequest { node_id: id }))
-                .await
-                .map(|r| r.into_inner().membership_log_index)
-                .map_err(|s| forward_failure(s, new_leader, &addr));
+            // The new leader may not have taken office yet, or may lose it to an election right
+            // away: ask again (removal is idempotent) until the change deadline.
+            let deadline = tokio::time::Instant::now() + self.timeouts.change;
+            let pause = Duration::from_millis(self.raft.config().heartbeat_interval);
+            loop {
+                let answer = client
+                    .remove_node(forwarded_request(RemoveNodeRequest { node_id: id }))
+                    .await
+                    .map(|r| r.into_inner().membership_log_index);
+                match answer {
+                    Err(status)
+                        if status.code() == tonic::Code::Unavailable
+                            && tokio::time::Instant::now() + pause < deadline =>
+                    {
+                        tokio::time::sleep(pause).await;
+                    }
+                    other => return other.map_err(|s| forward_failure(s, new_leader, &addr)),
+                }
+            }
         }
         let change = if voters.contains(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -313,7 +337,7 @@ impl ClusterAdmin {
         to: Option<NodeId>,
         forwarded: bool,
     ) -> Result<NodeId, Status> {
-        match self.route()? {
+        match self.route().await? {
             Route::Here => {}
             Route::Leader(leader, _) if to == Some(leader) => return Ok(leader),
             Route::Leader(leader, addr) if !forwarded => {
