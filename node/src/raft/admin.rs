@@ -101,11 +101,10 @@ impl ClusterAdmin {
         super::metrics_watch::current(&self.raft)
     }
 
-    /// Whether this node leads, or where the leader is. `UNAVAILABLE` without a known leader.
-    /// Where a write must go. During an election (or just after a leadership transfer, when the
-    /// new leader has not yet announced itself) no node knows a leader for a moment: wait for
-    /// one, bounded by a few election timeouts, rather than fail an admin call that would succeed
-    /// a few hundred milliseconds later.
+    /// Whether this node leads, or where the leader is; `UNAVAILABLE` when none is known in time.
+    /// During an election, or just after a leadership transfer before the new leader has taken
+    /// office, no node knows a leader for a moment: wait for one, bounded by a few election
+    /// timeouts, rather than fail an admin call that would succeed moments later.
     async fn route(&self) -> Result<Route, Status> {
         let me = self.node_id;
         let settled = |m: &RaftMetrics<TypeConfig>| match m.current_leader {
