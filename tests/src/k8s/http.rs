@@ -116,7 +116,40 @@ fn parse_response(raw: &[u8]) -> io::Result<(u16, String)> {
                 format!("not an HTTP response: {start:?}"),
             )
         })?;
-    Ok((status, body.to_owned()))
+    let chunked = head.lines().skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked {
+        decode_chunked(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (the API server chunks large objects such
+/// as a Node): hex size line, that many bytes, CRLF, until the zero-size chunk.
+fn decode_chunked(mut rest: &str) -> io::Result<String> {
+    let bad =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {what}"));
+    let mut body = String::new();
+    loop {
+        let (size_line, after) = rest.split_once("\r\n").ok_or_else(|| bad("no size line"))?;
+        let size_hex = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|_| bad(&format!("size {size_hex:?} is not hex")))?;
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = after.get(..size).ok_or_else(|| bad("truncated chunk"))?;
+        body.push_str(chunk);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .ok_or_else(|| bad("no CRLF after a chunk"))?;
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +160,21 @@ mod tests {
     fn parses_status_and_body() {
         let raw = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
         assert_eq!(parse_response(raw).unwrap(), (201, "{}".to_owned()));
+    }
+
+    #[test]
+    fn decodes_a_chunked_body() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5\r\n\":1}\n\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_response(raw).unwrap(),
+            (200, "{\"a\":1}\n".to_owned())
+        );
+    }
+
+    #[test]
+    fn rejects_a_truncated_chunk() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort";
+        assert!(parse_response(raw).is_err());
     }
 
     #[test]

@@ -28,8 +28,12 @@
 //! control plane stops.
 
 mod http;
+pub mod node;
+mod node_config;
 pub mod pki;
 mod process;
+mod provisioner;
+mod shared;
 pub mod tools;
 
 use std::ffi::OsStr;
@@ -37,8 +41,8 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -48,6 +52,7 @@ pub use process::ChildProcess;
 pub use tools::Tool;
 
 use http::ApiProbe;
+use shared::SharedOnce;
 
 /// What went wrong while starting or using a test control plane.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +156,58 @@ const DIR_PREFIX: &str = "logcluster-k8s-";
 /// A bound port can be taken by someone else between our probe and the server's bind.
 const PORT_ATTEMPTS: u32 = 3;
 
+/// Where a control plane's processes run.
+#[derive(Debug, Clone)]
+enum Placement {
+    /// On the host, on free loopback ports.
+    Host,
+    /// Inside the network, mount and PID namespaces of process `holder` (a [`node::KubeNode`]),
+    /// on well-known ports, serving on the node address `node_ip` too.
+    Namespace { holder: u32, node_ip: Ipv4Addr },
+}
+
+impl Placement {
+    /// A command that runs `program` here. `nsenter` forks the program inside the PID namespace
+    /// and waits for it, so the returned process lives exactly as long as the program.
+    fn command(&self, program: &Path) -> Command {
+        match self {
+            Placement::Host => Command::new(program),
+            Placement::Namespace { holder, .. } => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--target={holder}"))
+                    .args(["--net", "--mount", "--pid", "--"])
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+
+    /// A command that runs `program` in this placement's network only: the caller's file system
+    /// and working directory stay as they are (kubectl and helm read files the test names).
+    fn network_command(&self, program: &Path) -> Command {
+        match self {
+            Placement::Host => Command::new(program),
+            Placement::Namespace { holder, .. } => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--target={holder}"))
+                    .args(["--net", "--"])
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+
+    /// Runs `f` where it can reach this placement's loopback: here, or on a short-lived thread
+    /// that joined the namespace's network (a thread's network namespace is its own, so the
+    /// caller's is untouched).
+    fn in_network<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        match self {
+            Placement::Host => f(),
+            Placement::Namespace { holder, .. } => node::in_network_of(*holder, f),
+        }
+    }
+}
+
 /// A running etcd + kube-apiserver pair; stops both and removes its directory when dropped.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -163,6 +220,7 @@ pub struct ControlPlane {
     pki: PkiFiles,
     probe: ApiProbe,
     namespaces: AtomicU32,
+    placement: Placement,
 }
 
 impl ControlPlane {
@@ -175,6 +233,17 @@ impl ControlPlane {
     /// before entering an async runtime, from `spawn_blocking`, or accept that it blocks the
     /// current test's runtime for a few seconds.
     pub fn start_with(options: ControlPlaneOptions) -> Result<Self> {
+        Self::start_placed(options, Placement::Host, &[])
+    }
+
+    /// Starts the control plane at `placement`, with `extra_ips` in the API server's serving
+    /// certificate. For [`Placement::Namespace`] the calling thread must be in the namespace's
+    /// network (the readiness probes connect to its loopback).
+    fn start_placed(
+        options: ControlPlaneOptions,
+        placement: Placement,
+        extra_ips: &[IpAddr],
+    ) -> Result<Self> {
         let deadline = Instant::now() + options.start_timeout;
         let etcd = Tool::Etcd.path()?;
         let apiserver = Tool::KubeApiserver.path()?;
@@ -193,11 +262,16 @@ impl ControlPlane {
             .map_err(|e| Error::io(format!("writing {}", root.join("owner.pid").display()), e))?;
         let pki_dir = root.join("pki");
         std::fs::create_dir(&pki_dir).map_err(|e| Error::io("creating pki/", e))?;
-        let pki = pki::Pki::generate(&pki_dir, KUBERNETES_SERVICE_IP)?;
+        let ips: Vec<IpAddr> = std::iter::once(KUBERNETES_SERVICE_IP)
+            .chain(extra_ips.iter().copied())
+            .collect();
+        let pki = pki::Pki::generate(&pki_dir, &ips)?;
 
         let mut attempt = 1;
         let (mut processes, port) = loop {
-            match start_processes(&etcd, &apiserver, &root, &pki, &options, attempt, deadline) {
+            match start_processes(
+                &etcd, &apiserver, &root, &pki, &options, &placement, attempt, deadline,
+            ) {
                 Ok(started) => break started,
                 Err(Error::ExitedEarly { tail, .. })
                     if attempt < PORT_ATTEMPTS && tail.contains("address already in use") =>
@@ -212,8 +286,15 @@ impl ControlPlane {
         write_kubeconfig(&kubeconfig, &server, &pki.files)?;
         let probe = ApiProbe::new(port, &pki)?;
         if let Some(binary) = controller_manager {
-            let manager =
-                start_controller_manager(&binary, &root, &pki, &kubeconfig, &options, deadline)?;
+            let manager = start_controller_manager(
+                &binary,
+                &root,
+                &pki,
+                &kubeconfig,
+                &options,
+                &placement,
+                deadline,
+            )?;
             processes.push(manager);
         }
         Ok(Self {
@@ -225,6 +306,7 @@ impl ControlPlane {
             pki: pki.files,
             probe,
             namespaces: AtomicU32::new(0),
+            placement,
         })
     }
 
@@ -292,8 +374,11 @@ impl ControlPlane {
         .to_string();
         let request = format!("POST /api/v1/namespaces ({name})");
         let (status, answer) = self
-            .probe
-            .request("POST", "/api/v1/namespaces", Some(&body))
+            .placement
+            .in_network(|| {
+                self.probe
+                    .request("POST", "/api/v1/namespaces", Some(&body))
+            })
             .map_err(|e| Error::io(&request, e))?;
         if status != 201 {
             return Err(Error::Api {
@@ -363,7 +448,7 @@ impl ControlPlane {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(Tool::Kubectl.path()?);
+        let mut cmd = self.placement.network_command(&Tool::Kubectl.path()?);
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             // Discovery is cached per host:port; a fresh cache per control plane can never serve
@@ -378,7 +463,7 @@ impl ControlPlane {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(Tool::Helm.path()?);
+        let mut cmd = self.placement.network_command(&Tool::Helm.path()?);
         let helm_home = self.root.join("helm");
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -437,62 +522,50 @@ impl Drop for ControlPlane {
     }
 }
 
-static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+static SHARED: SharedOnce<ControlPlane> = SharedOnce::new();
 
-/// One control plane for the whole test binary, started on first use. It is stopped when the
-/// process exits (an `atexit` hook; the children's parent-death signal covers crashes), since
-/// statics are never dropped.
+/// One control plane for the whole test binary, started on first use and stopped when the
+/// process exits.
 pub fn shared() -> Result<&'static ControlPlane> {
-    SHARED
-        .get_or_init(|| {
-            let started = ControlPlane::start().map_err(|e| e.to_string());
-            if started.is_ok() {
-                // SAFETY: registers a plain `extern "C" fn` with no arguments; atexit(3) has no
-                // other precondition.
-                unsafe {
-                    libc::atexit(stop_shared);
-                }
-            }
-            started
-        })
-        .as_ref()
-        .map_err(|e| Error::Shared(e.clone()))
+    SHARED.get_or_start(ControlPlane::start, stop_shared)
 }
 
 extern "C" fn stop_shared() {
-    // Unwinding out of an `extern "C"` function aborts: contain any panic here.
-    let _ = std::panic::catch_unwind(|| {
-        if let Some(Ok(cp)) = SHARED.get() {
-            cp.stop();
-        }
-    });
+    SHARED.stop(ControlPlane::stop);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_processes(
     etcd: &Path,
     apiserver: &Path,
     root: &Path,
     pki: &pki::Pki,
     options: &ControlPlaneOptions,
+    placement: &Placement,
     attempt: u32,
     deadline: Instant,
 ) -> Result<(Vec<ChildProcess>, u16)> {
-    // Hold all three ports until just before the servers bind them, so they differ.
-    let listeners = (0..3)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| Error::io("finding free loopback ports", e))?;
-    let ports = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| Error::io("finding free loopback ports", e))?;
-    let (etcd_client, etcd_peer, secure) = (ports[0], ports[1], ports[2]);
-    drop(listeners);
+    let (etcd_client, etcd_peer, secure) = match placement {
+        // Hold all three ports until just before the servers bind them, so they differ.
+        Placement::Host => {
+            let listeners = (0..3)
+                .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| Error::io("finding free loopback ports", e))?;
+            let ports = listeners
+                .iter()
+                .map(|l| l.local_addr().map(|a| a.port()))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| Error::io("finding free loopback ports", e))?;
+            (ports[0], ports[1], ports[2])
+        }
+        // A network namespace of our own: the well-known ports are free.
+        Placement::Namespace { .. } => (2379, 2380, node::API_SERVER_PORT),
+    };
 
     let mut processes = Vec::new();
     let etcd_data = root.join(format!("etcd-data-{attempt}"));
-    let mut cmd = Command::new(etcd);
+    let mut cmd = placement.command(etcd);
     cmd.arg("--name=logcluster-test")
         .arg(format!("--data-dir={}", etcd_data.display()))
         .arg(format!(
@@ -512,10 +585,8 @@ fn start_processes(
 
     let f = &pki.files;
     let file_arg = |flag: &str, path: &Path| format!("--{flag}={}", path.display());
-    let mut cmd = Command::new(apiserver);
+    let mut cmd = placement.command(apiserver);
     cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_client}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
         .arg(format!("--secure-port={secure}"))
         .arg(file_arg("cert-dir", &root.join("apiserver-certs")))
         .arg(file_arg("tls-cert-file", &f.serving_cert))
@@ -530,13 +601,32 @@ fn start_processes(
         .arg(format!(
             "--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"
         ))
-        .arg("--authorization-mode=RBAC")
-        // Nothing creates the per-namespace `default` ServiceAccount without a controller-manager.
-        .arg("--disable-admission-plugins=ServiceAccount")
-        .arg("--allow-privileged=true")
-        // The endpoint reconciler would publish 127.0.0.1 for the `kubernetes` Service, which
-        // endpoint validation rejects (loopback) — endless log noise and retries.
-        .arg("--endpoint-reconciler-type=none")
+        .arg("--allow-privileged=true");
+    match placement {
+        Placement::Host => {
+            cmd.arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg("--authorization-mode=RBAC")
+                // Nothing creates the per-namespace `default` ServiceAccount without a
+                // controller-manager.
+                .arg("--disable-admission-plugins=ServiceAccount")
+                // The endpoint reconciler would publish 127.0.0.1 for the `kubernetes` Service,
+                // which endpoint validation rejects (loopback) — endless log noise and retries.
+                .arg("--endpoint-reconciler-type=none");
+        }
+        Placement::Namespace { node_ip, .. } => {
+            // Pods reach the API server on the node's address, directly or through the
+            // `kubernetes` Service whose endpoint is that address; the kubelet is authorized as
+            // a node.
+            cmd.arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={node_ip}"))
+                .arg("--authorization-mode=Node,RBAC")
+                // Logs, exec and port-forward reach the kubelet as the admin.
+                .arg(file_arg("kubelet-client-certificate", &f.admin_cert))
+                .arg(file_arg("kubelet-client-key", &f.admin_key));
+        }
+    }
+    cmd
         // Priority and fairness bootstraps dozens of objects and queues requests; tests gain
         // nothing from it and start faster without.
         .arg("--enable-priority-and-fairness=false")
@@ -563,6 +653,7 @@ fn start_controller_manager(
     pki: &pki::Pki,
     kubeconfig: &Path,
     options: &ControlPlaneOptions,
+    placement: &Placement,
     deadline: Instant,
 ) -> Result<ChildProcess> {
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -571,7 +662,7 @@ fn start_controller_manager(
         .port();
     let f = &pki.files;
     let file_arg = |flag: &str, path: &Path| format!("--{flag}={}", path.display());
-    let mut cmd = Command::new(binary);
+    let mut cmd = placement.command(binary);
     cmd.arg(file_arg("kubeconfig", kubeconfig))
         .arg(format!("--controllers={}", options.controllers.join(",")))
         .arg("--leader-elect=false")
@@ -663,11 +754,16 @@ fn write_kubeconfig(path: &Path, server: &str, pki: &PkiFiles) -> Result<()> {
 /// Removes directories of control planes whose test process is gone (killed before it could
 /// clean up). Best effort: anything unexpected is left alone.
 fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+    remove_stale_dirs_in(&std::env::temp_dir(), DIR_PREFIX);
+}
+
+/// Removes the `prefix*` directories in `parent` whose `owner.pid` names a process that is gone.
+fn remove_stale_dirs_in(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         let Ok(pid) = std::fs::read_to_string(entry.path().join("owner.pid")) else {

@@ -45,9 +45,10 @@ impl std::fmt::Debug for Pki {
 }
 
 impl Pki {
-    /// Generates everything into `dir`. `service_ip` is the first address of the service range:
-    /// in-cluster clients reach the API server as the `kubernetes` Service on it.
-    pub fn generate(dir: &Path, service_ip: IpAddr) -> Result<Self> {
+    /// Generates everything into `dir`. The serving certificate holds loopback, the `kubernetes`
+    /// Service's names and `ips`: the first address of the service range (in-cluster clients
+    /// reach the API server as the `kubernetes` Service on it) and any node address.
+    pub fn generate(dir: &Path, ips: &[IpAddr]) -> Result<Self> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::default();
         ca_params.distinguished_name = dn("logcluster-test-ca", None);
@@ -57,15 +58,20 @@ impl Pki {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let serving_key = KeyPair::generate()?;
-        let mut serving = CertificateParams::new(vec![
+        let names = [
             IpAddr::V4(Ipv4Addr::LOCALHOST).to_string(),
-            service_ip.to_string(),
             "localhost".to_owned(),
             "kubernetes".to_owned(),
             "kubernetes.default".to_owned(),
             "kubernetes.default.svc".to_owned(),
             "kubernetes.default.svc.cluster.local".to_owned(),
-        ])?;
+        ];
+        let mut serving = CertificateParams::new(
+            names
+                .into_iter()
+                .chain(ips.iter().map(IpAddr::to_string))
+                .collect::<Vec<_>>(),
+        )?;
         serving.distinguished_name = dn("kube-apiserver", None);
         serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
