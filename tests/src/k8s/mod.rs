@@ -409,6 +409,18 @@ impl ControlPlane {
         self.run(self.kubectl_command(args)?, Some(stdin))
     }
 
+    /// [`Self::kubectl_with_stdin`] that returns standard output, or an error carrying standard
+    /// error when kubectl fails.
+    pub fn kubectl_with_stdin_ok<I, S>(&self, args: I, stdin: &str) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let cmd = self.kubectl_command(args)?;
+        let described = describe(&cmd);
+        success(described, self.run(cmd, Some(stdin))?)
+    }
+
     /// Runs kubectl and returns its standard output, or an error carrying its standard error.
     pub fn kubectl_ok<I, S>(&self, args: I) -> Result<String>
     where

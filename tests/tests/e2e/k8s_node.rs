@@ -84,7 +84,7 @@ spec:
 "#,
         version = env!("CARGO_PKG_VERSION")
     );
-    cp.kubectl_with_stdin(["-n", &ns, "apply", "-f", "-"], &manifest)
+    cp.kubectl_with_stdin_ok(["-n", &ns, "apply", "-f", "-"], &manifest)
         .context("applying the pod")?;
     wait_for_jsonpath(
         node,

@@ -9,6 +9,7 @@ mod cluster_raft;
 mod container_images;
 mod helm_chart;
 mod k8s_harness;
+mod k8s_journey;
 mod k8s_node;
 mod k8s_operator;
 mod k8s_operator_scaling;

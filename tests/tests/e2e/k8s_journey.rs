@@ -1,0 +1,443 @@
+//! The README's "On Kubernetes" section, walked on the harness's one-node Kubernetes
+//! ([`logcluster_tests::k8s::node`]): the chart installs the operator as a pod from its image,
+//! `examples/minimal.yaml` becomes three lognode pods, and client pods built from the README's
+//! own YAML produce and consume through the client Service with the user Secret.
+//!
+//! The commands and manifests are the README's: the client pod is parsed out of README.md, so
+//! the documentation cannot drift from what is tested.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+use logcluster_certs::{CertificateAuthority, CertificateRequest};
+use logcluster_tests::k8s::node::{self, KubeNode};
+use serde_yaml::Value;
+
+use super::k8s_node::wait_for_jsonpath;
+
+/// Starting pods while the machine compiles can take minutes.
+const POD_PATIENCE: Duration = Duration::from_secs(300);
+/// A cluster of three pods: images are local, but each node waits for its certificates,
+/// DNS and the operator's bootstrap.
+const CLUSTER_PATIENCE: Duration = Duration::from_secs(420);
+/// The README's namespace for the operator.
+const OPERATOR_NAMESPACE: &str = "logcluster-system";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+static OPERATOR: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Tests that run LogClusters share the node's two cores: one cluster at a time.
+static CLUSTERS: Mutex<()> = Mutex::new(());
+
+/// `helm install`, as the README gives it, once per test binary; waits for the operator's
+/// Deployment to be available.
+fn operator(node: &KubeNode) -> Result<()> {
+    OPERATOR
+        .get_or_init(|| install_operator(node).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("installing the operator: {e}"))
+}
+
+fn install_operator(node: &KubeNode) -> Result<()> {
+    let cp = node.control_plane();
+    let chart = workspace().join("charts/logcluster-operator");
+    cp.helm_ok([
+        "install".as_ref(),
+        "logcluster-operator".as_ref(),
+        chart.as_os_str(),
+        "--namespace".as_ref(),
+        OPERATOR_NAMESPACE.as_ref(),
+        "--create-namespace".as_ref(),
+    ])
+    .context("helm install")?;
+    wait_for_jsonpath(
+        node,
+        OPERATOR_NAMESPACE,
+        "deployment/logcluster-operator",
+        "{.status.availableReplicas}",
+        "1",
+        POD_PATIENCE,
+    )
+    .context("the operator's Deployment")?;
+    Ok(())
+}
+
+/// The client pod of the README's "Connecting a client" section, as the README writes it.
+fn readme_client_yaml() -> Result<String> {
+    let readme = std::fs::read_to_string(workspace().join("README.md"))?;
+    let section = readme
+        .split_once("### Connecting a client")
+        .context("README.md has no \"Connecting a client\" section")?
+        .1;
+    let block = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .context("no yaml block in \"Connecting a client\"")?
+        .0;
+    Ok(block.to_owned())
+}
+
+/// The README's client pod as a value to edit.
+///
+/// kubectl reads YAML 1.1, where `defaultMode: 0440` is octal; serde_yaml reads YAML 1.2, where
+/// a leading zero makes it a string, which the API server would refuse once re-serialized. The
+/// mode is turned into the number kubectl sees.
+fn readme_client_pod() -> Result<Value> {
+    let mut pod: Value =
+        serde_yaml::from_str(&readme_client_yaml()?).context("the README's client pod")?;
+    ensure!(
+        pod["kind"].as_str() == Some("Pod"),
+        "the README's client manifest is not a Pod"
+    );
+    if let Some(volumes) = pod["spec"]["volumes"].as_sequence_mut() {
+        for volume in volumes {
+            let mode = &mut volume["secret"]["defaultMode"];
+            if let Some(octal) = mode.as_str().and_then(|m| m.strip_prefix('0')) {
+                let bits = u32::from_str_radix(octal, 8)
+                    .with_context(|| format!("defaultMode {octal:?} is not octal"))?;
+                *mode = Value::from(bits);
+            }
+        }
+    }
+    Ok(pod)
+}
+
+/// The README's client pod renamed and running `logctl` with other arguments.
+fn client_pod(name: &str, args: &[&str]) -> Result<Value> {
+    let mut pod = readme_client_pod()?;
+    pod["metadata"]["name"] = Value::from(name);
+    pod["spec"]["containers"][0]["args"] =
+        Value::Sequence(args.iter().map(|a| Value::from(*a)).collect());
+    Ok(pod)
+}
+
+fn apply(node: &KubeNode, namespace: &str, manifest: &Value) -> Result<()> {
+    let yaml = serde_yaml::to_string(manifest)?;
+    node.control_plane()
+        .kubectl_with_stdin_ok(["-n", namespace, "apply", "-f", "-"], &yaml)
+        .map(drop)
+        .context("kubectl apply")
+}
+
+fn logs(node: &KubeNode, namespace: &str, pod: &str) -> Result<String> {
+    let out = node
+        .control_plane()
+        .kubectl(["-n", namespace, "logs", pod])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a client pod to its end and returns its phase and its logs.
+fn run_client(
+    node: &KubeNode,
+    namespace: &str,
+    name: &str,
+    pod: &Value,
+) -> Result<(String, String)> {
+    apply(node, namespace, pod)?;
+    let cp = node.control_plane();
+    let deadline = Instant::now() + POD_PATIENCE;
+    loop {
+        let phase = cp.kubectl_ok([
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        let phase = phase.trim().to_owned();
+        if phase == "Succeeded" || phase == "Failed" {
+            let logs = logs(node, namespace, name)?;
+            cp.kubectl_ok(["-n", namespace, "delete", "pod", name, "--wait=false"])?;
+            return Ok((phase, logs));
+        }
+        if Instant::now() >= deadline {
+            let describe = cp.kubectl_ok(["-n", namespace, "describe", "pod", name])?;
+            bail!("pod {name} is still {phase:?} after {POD_PATIENCE:?}\n{describe}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until a LogCluster reports Ready with `replicas` ready pods and a leader.
+fn wait_for_cluster(node: &KubeNode, namespace: &str, name: &str, replicas: u32) -> Result<()> {
+    let what = format!("lc/{name}");
+    wait_for_jsonpath(
+        node,
+        namespace,
+        &what,
+        r#"{.status.conditions[?(@.type=="Ready")].status}/{.status.readyReplicas}"#,
+        &format!("True/{replicas}"),
+        CLUSTER_PATIENCE,
+    )
+    .with_context(|| {
+        let pods = node
+            .control_plane()
+            .kubectl_ok(["-n", namespace, "get", "pods", "-o", "wide"])
+            .unwrap_or_default();
+        let operator = node
+            .control_plane()
+            .kubectl_ok([
+                "-n",
+                OPERATOR_NAMESPACE,
+                "logs",
+                "deployment/logcluster-operator",
+                "--tail=60",
+            ])
+            .unwrap_or_default();
+        format!("{what} never became ready\npods:\n{pods}\noperator log:\n{operator}")
+    })
+}
+
+/// Prints a step of the journey with the time since it began, so a slow or stuck step shows.
+fn step(started: Instant, what: &str) {
+    eprintln!(
+        "k8s journey [{:>5.1}s] {what}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Runs a client pod that must succeed and returns its logs.
+fn run_client_ok(node: &KubeNode, namespace: &str, name: &str, args: &[&str]) -> Result<String> {
+    let (phase, logs) = run_client(node, namespace, name, &client_pod(name, args)?)?;
+    ensure!(
+        phase == "Succeeded",
+        "pod {name} (logctl {}) {phase}: {logs}",
+        args.join(" ")
+    );
+    Ok(logs)
+}
+
+/// `logctl produce` in a pod; returns the offsets it printed, one per value.
+fn produce(node: &KubeNode, namespace: &str, name: &str, values: &[&str]) -> Result<Vec<u64>> {
+    let mut args = vec!["produce"];
+    args.extend_from_slice(values);
+    let out = run_client_ok(node, namespace, name, &args)?;
+    let offsets: Vec<u64> = out
+        .lines()
+        .map(|l| l.trim().parse().with_context(|| format!("offset {l:?}")))
+        .collect::<Result<_>>()?;
+    ensure!(
+        offsets.len() == values.len(),
+        "{} offsets for {} values: {out:?}",
+        offsets.len(),
+        values.len()
+    );
+    Ok(offsets)
+}
+
+/// `logctl consume --from 0` (to the end) in a pod: the log as `offset<TAB>value` lines.
+fn consume_all(node: &KubeNode, namespace: &str, name: &str) -> Result<Vec<String>> {
+    let out = run_client_ok(node, namespace, name, &["consume", "--from", "0"])?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// Checks that every acknowledged record is in the log at its offset, once.
+fn ensure_log_holds(log: &[String], acked: &[(u64, String)]) -> Result<()> {
+    for (offset, value) in acked {
+        let line = format!("{offset}\t{value}");
+        let found = log.iter().filter(|l| **l == line).count();
+        ensure!(
+            found == 1,
+            "record {line:?} appears {found} times in the log:\n{}",
+            log.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// The cluster's leader, as its status reports it.
+fn leader(node: &KubeNode, namespace: &str, cluster: &str) -> Result<String> {
+    let leader = node.control_plane().kubectl_ok([
+        "-n",
+        namespace,
+        "get",
+        "lc",
+        cluster,
+        "-o",
+        "jsonpath={.status.leader}",
+    ])?;
+    Ok(leader.trim().to_owned())
+}
+
+/// A client certificate signed by the cluster's own CA for a user the ACL does not know, in a
+/// Secret shaped like the operator's user Secrets. Returns the Secret's name.
+fn stranger_secret(node: &KubeNode, namespace: &str, cluster: &str, user: &str) -> Result<String> {
+    let name = format!("{cluster}-stranger-{user}");
+    node.block_on(async {
+        let client = node.control_plane().kube_client().await?;
+        let secrets: Api<Secret> = Api::namespaced(client, namespace);
+        let ca_secret = secrets.get(&format!("{cluster}-ca")).await?;
+        let data = ca_secret.data.unwrap_or_default();
+        let text = |key: &str| -> Result<String> {
+            let bytes = data
+                .get(key)
+                .with_context(|| format!("the CA Secret has no {key}"))?;
+            Ok(String::from_utf8(bytes.0.clone())?)
+        };
+        let ca = CertificateAuthority::from_pem(&text("tls.crt")?, &text("tls.key")?)?;
+        let cert = ca.issue(&CertificateRequest::client(user, Duration::from_secs(3600)))?;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/tls".to_owned()),
+            string_data: Some(BTreeMap::from([
+                ("ca.crt".to_owned(), ca.cert_pem().to_owned()),
+                ("tls.crt".to_owned(), cert.cert_pem.clone()),
+                ("tls.key".to_owned(), cert.key_pem.clone()),
+            ])),
+            ..Secret::default()
+        };
+        secrets.create(&PostParams::default(), &secret).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(name)
+}
+
+#[test]
+fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_leader() -> Result<()>
+{
+    let started = Instant::now();
+    let node = node::shared()?;
+    step(started, "the node is up; helm install of the operator");
+    operator(node)?;
+    let _one_cluster = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let cp = node.control_plane();
+    let ns = "default";
+    let cluster = "demo";
+    let pods = |n: usize| (0..n).map(|i| format!("{cluster}-{i}")).collect::<Vec<_>>();
+
+    // The README: `kubectl apply -f examples/minimal.yaml`, in the default namespace.
+    step(started, "kubectl apply -f examples/minimal.yaml");
+    let example = workspace().join("examples/minimal.yaml");
+    cp.kubectl_ok([
+        "-n".as_ref(),
+        ns.as_ref(),
+        "apply".as_ref(),
+        "-f".as_ref(),
+        example.as_os_str(),
+    ])?;
+    wait_for_cluster(node, ns, cluster, 3)?;
+    let first_leader = leader(node, ns, cluster)?;
+    ensure!(
+        pods(3).contains(&first_leader),
+        "leader {first_leader:?} is not one of the pods"
+    );
+
+    // A producer pod (the README's client pod with other arguments), then the README's
+    // consumer pod as written: it follows the log, so it is read while it runs.
+    step(
+        started,
+        "ready; a producer pod, then the README's consumer pod",
+    );
+    let values = ["one", "two", "three"];
+    let mut acked: Vec<(u64, String)> = produce(node, ns, "demo-producer", &values)?
+        .into_iter()
+        .zip(values.iter().map(|v| v.to_string()))
+        .collect();
+    node.control_plane()
+        .kubectl_with_stdin_ok(["-n", ns, "apply", "-f", "-"], &readme_client_yaml()?)
+        .context("kubectl apply of the README's client pod")?;
+    let expected: Vec<String> = acked.iter().map(|(o, v)| format!("{o}\t{v}")).collect();
+    let deadline = Instant::now() + POD_PATIENCE;
+    loop {
+        let consumed = logs(node, ns, "demo-consumer")?;
+        let lines: Vec<&str> = consumed.lines().collect();
+        if expected.iter().all(|e| lines.contains(&e.as_str())) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let describe = cp.kubectl_ok(["-n", ns, "describe", "pod", "demo-consumer"])?;
+            bail!("the consumer printed {consumed:?}, not {expected:?}\n{describe}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cp.kubectl_ok(["-n", ns, "delete", "pod", "demo-consumer", "--wait=false"])?;
+
+    // `logctl servers` inside a pod names the same members as the LogCluster's status.
+    step(started, "logctl servers from a pod");
+    let servers = run_client_ok(node, ns, "demo-servers", &["servers"])?;
+    for pod in pods(3) {
+        ensure!(
+            servers.contains(&pod),
+            "logctl servers does not name {pod}: {servers}"
+        );
+    }
+
+    // A certificate from the cluster's own CA is not enough: the ACL refuses a user it does
+    // not list, and the refusal writes nothing.
+    step(started, "a user the ACL does not know is refused");
+    let stranger = stranger_secret(node, ns, cluster, "mallory")?;
+    let mut pod = client_pod("demo-mallory", &["produce", "intruder"])?;
+    pod["spec"]["volumes"][0]["secret"]["secretName"] = Value::from(stranger);
+    let (phase, refused) = run_client(node, ns, "demo-mallory", &pod)?;
+    ensure!(
+        phase == "Failed" && refused.contains("permission denied"),
+        "mallory's produce {phase}: {refused}"
+    );
+
+    // Scaling up adds voters one at a time; every acknowledged record stays.
+    step(started, "kubectl scale lc/demo --replicas=5");
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=5"])?;
+    wait_for_cluster(node, ns, cluster, 5)?;
+    let servers = run_client_ok(node, ns, "demo-servers-5", &["servers"])?;
+    for pod in pods(5) {
+        ensure!(
+            servers.contains(&pod),
+            "after scaling up, logctl servers does not name {pod}: {servers}"
+        );
+    }
+    acked.extend(
+        produce(node, ns, "demo-producer-5", &["four"])?
+            .into_iter()
+            .map(|o| (o, "four".to_owned())),
+    );
+
+    // Losing the leader's pod: the StatefulSet brings it back, the cluster elects a leader
+    // and keeps every record.
+    let lost = leader(node, ns, cluster)?;
+    step(started, &format!("kubectl delete pod {lost} (the leader)"));
+    cp.kubectl_ok(["-n", ns, "delete", "pod", &lost])?;
+    wait_for_cluster(node, ns, cluster, 5)?;
+    acked.extend(
+        produce(node, ns, "demo-producer-failover", &["five"])?
+            .into_iter()
+            .map(|o| (o, "five".to_owned())),
+    );
+
+    // Scaling back down removes the last two voters before their pods; the log is whole.
+    step(started, "kubectl scale lc/demo --replicas=3");
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
+    wait_for_cluster(node, ns, cluster, 3)?;
+    let servers = run_client_ok(node, ns, "demo-servers-3", &["servers"])?;
+    for gone in ["demo-3", "demo-4"] {
+        ensure!(
+            !servers.contains(gone),
+            "after scaling down, logctl servers still names {gone}: {servers}"
+        );
+    }
+    let log = consume_all(node, ns, "demo-consume-all")?;
+    ensure_log_holds(&log, &acked)?;
+    ensure!(
+        !log.iter().any(|l| l.ends_with("\tintruder")),
+        "the refused record is in the log: {log:?}"
+    );
+    step(started, "done");
+    Ok(())
+}
