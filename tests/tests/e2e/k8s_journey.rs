@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{EvictParams, PostParams};
 use logcluster_certs::{CertificateAuthority, CertificateRequest};
 use logcluster_tests::k8s::node::{self, KubeNode};
 use serde_yaml::Value;
@@ -23,35 +23,25 @@ use serde_yaml::Value;
 use super::k8s_node::wait_for_jsonpath;
 
 /// Starting pods while the machine compiles can take minutes.
-const POD_PATIENCE: Duration = Duration::from_secs(300);
+pub(super) const POD_PATIENCE: Duration = Duration::from_secs(300);
 /// A cluster of three pods: images are local, but each node waits for its certificates,
 /// DNS and the operator's bootstrap.
-const CLUSTER_PATIENCE: Duration = Duration::from_secs(420);
+pub(super) const CLUSTER_PATIENCE: Duration = Duration::from_secs(420);
 /// The README's namespace for the operator.
-const OPERATOR_NAMESPACE: &str = "logcluster-system";
+pub(super) const OPERATOR_NAMESPACE: &str = "logcluster-system";
 
-fn workspace() -> PathBuf {
+pub(super) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the workspace")
         .to_owned()
 }
 
-static OPERATOR: OnceLock<Result<(), String>> = OnceLock::new();
-
 /// Tests that run LogClusters share the node's two cores: one cluster at a time.
-static CLUSTERS: Mutex<()> = Mutex::new(());
+pub(super) static CLUSTERS: Mutex<()> = Mutex::new(());
 
-/// `helm install`, as the README gives it, once per test binary; waits for the operator's
-/// Deployment to be available.
-fn operator(node: &KubeNode) -> Result<()> {
-    OPERATOR
-        .get_or_init(|| install_operator(node).map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow::anyhow!("installing the operator: {e}"))
-}
-
-fn install_operator(node: &KubeNode) -> Result<()> {
+/// `helm install`, as the README gives it; waits for the operator's Deployment to be available.
+pub(super) fn install_operator(node: &KubeNode) -> Result<()> {
     let cp = node.control_plane();
     let chart = workspace().join("charts/logcluster-operator");
     cp.helm_ok([
@@ -174,7 +164,12 @@ fn run_client(
 }
 
 /// Waits until a LogCluster reports Ready with `replicas` ready pods and a leader.
-fn wait_for_cluster(node: &KubeNode, namespace: &str, name: &str, replicas: u32) -> Result<()> {
+pub(super) fn wait_for_cluster(
+    node: &KubeNode,
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+) -> Result<()> {
     let what = format!("lc/{name}");
     wait_for_jsonpath(
         node,
@@ -204,7 +199,7 @@ fn wait_for_cluster(node: &KubeNode, namespace: &str, name: &str, replicas: u32)
 }
 
 /// Prints a step of the journey with the time since it began, so a slow or stuck step shows.
-fn step(started: Instant, what: &str) {
+pub(super) fn step(started: Instant, what: &str) {
     eprintln!(
         "k8s journey [{:>5.1}s] {what}",
         started.elapsed().as_secs_f64()
@@ -261,7 +256,7 @@ fn ensure_log_holds(log: &[String], acked: &[(u64, String)]) -> Result<()> {
 }
 
 /// The cluster's leader, as its status reports it.
-fn leader(node: &KubeNode, namespace: &str, cluster: &str) -> Result<String> {
+pub(super) fn leader(node: &KubeNode, namespace: &str, cluster: &str) -> Result<String> {
     let leader = node.control_plane().kubectl_ok([
         "-n",
         namespace,
@@ -316,8 +311,8 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     let started = Instant::now();
     let node = node::shared()?;
     step(started, "the node is up; helm install of the operator");
-    operator(node)?;
     let _one_cluster = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    install_operator(node).context("installing the operator")?;
     let cp = node.control_plane();
     let ns = "default";
     let cluster = "demo";
@@ -385,7 +380,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     step(started, "a user the ACL does not know is refused");
     let stranger = stranger_secret(node, ns, cluster, "mallory")?;
     let mut pod = client_pod("demo-mallory", &["produce", "intruder"])?;
-    pod["spec"]["volumes"][0]["secret"]["secretName"] = Value::from(stranger);
+    pod["spec"]["volumes"][0]["secret"]["secretName"] = Value::from(stranger.as_str());
     let (phase, refused) = run_client(node, ns, "demo-mallory", &pod)?;
     ensure!(
         phase == "Failed" && refused.contains("permission denied"),
@@ -437,6 +432,96 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     ensure!(
         !log.iter().any(|l| l.ends_with("\tintruder")),
         "the refused record is in the log: {log:?}"
+    );
+
+    // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
+    // evicted; while it is gone, evicting another is refused by the API server.
+    step(started, "evictions against the PodDisruptionBudget");
+    wait_for_jsonpath(
+        node,
+        ns,
+        "pdb/demo",
+        "{.spec.maxUnavailable}/{.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}",
+        "1/3/3/1",
+        CLUSTER_PATIENCE,
+    )?;
+    let (first, second) = node.block_on(async {
+        let client = cp.kube_client().await?;
+        let pods: Api<Pod> = Api::namespaced(client, ns);
+        let first = pods.evict("demo-2", &EvictParams::default()).await;
+        let second = pods.evict("demo-1", &EvictParams::default()).await;
+        anyhow::Ok((first, second))
+    })?;
+    first.context("evicting one of three healthy voters")?;
+    match second {
+        Err(kube::Error::Api(refusal)) if refusal.code == 429 => {}
+        other => bail!("a second eviction while demo-2 is gone was not refused: {other:?}"),
+    }
+    wait_for_cluster(node, ns, cluster, 3)?;
+
+    // Deleting the LogCluster runs its finalizer: every object of the cluster goes, the
+    // volumes stay (the default `pvcRetention.whenDeleted: Retain`).
+    step(started, "kubectl delete lc demo");
+    cp.kubectl_ok(["-n", ns, "delete", "lc", cluster, "--timeout=300s"])?;
+    // The owned objects go by garbage collection, after the LogCluster itself.
+    let selector = format!("app.kubernetes.io/instance={cluster}");
+    let deadline = Instant::now() + POD_PATIENCE;
+    loop {
+        let left = cp.kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "statefulsets,services,configmaps,secrets,pdb,pods",
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ])?;
+        if left.trim().is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "left {POD_PATIENCE:?} after deleting lc/demo:\n{left}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let claims = cp.kubectl_ok(["-n", ns, "get", "pvc", "-o", "name"])?;
+    for i in 0..5 {
+        ensure!(
+            claims.contains(&format!("persistentvolumeclaim/data-demo-{i}")),
+            "the retained volume data-demo-{i} is gone: {claims}"
+        );
+    }
+    cp.kubectl_ok(["-n", ns, "delete", "secret", &stranger])?;
+    cp.kubectl_ok(["-n", ns, "delete", "pvc", "--all", "--wait=false"])?;
+
+    // `helm uninstall` removes the operator and its RBAC; the CRD stays, as Helm does with
+    // `crds/`.
+    step(started, "helm uninstall");
+    cp.helm_ok([
+        "uninstall",
+        "logcluster-operator",
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--wait",
+    ])?;
+    let left = cp.kubectl_ok(["get", "clusterroles,clusterrolebindings", "-o", "name"])?;
+    ensure!(
+        !left.contains("logcluster-operator"),
+        "cluster-wide RBAC left after helm uninstall:\n{left}"
+    );
+    let left = cp.kubectl_ok([
+        "-n",
+        OPERATOR_NAMESPACE,
+        "get",
+        "all,serviceaccounts,roles,rolebindings",
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        !left.contains("logcluster-operator"),
+        "left in {OPERATOR_NAMESPACE} after helm uninstall:\n{left}"
     );
     step(started, "done");
     Ok(())

@@ -12,5 +12,6 @@ mod k8s_harness;
 mod k8s_journey;
 mod k8s_node;
 mod k8s_operator;
+mod k8s_operator_ha;
 mod k8s_operator_scaling;
 mod logctl_dev;
