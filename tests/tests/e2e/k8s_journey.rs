@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{EvictParams, PostParams};
+use kube::api::PostParams;
 use logcluster_certs::{CertificateAuthority, CertificateRequest};
 use logcluster_tests::k8s::node::{self, KubeNode};
 use serde_yaml::Value;
@@ -255,6 +255,52 @@ fn ensure_log_holds(log: &[String], acked: &[(u64, String)]) -> Result<()> {
     Ok(())
 }
 
+/// Asks the API server to evict a pod, once: an eviction the PodDisruptionBudget refuses fails
+/// with `TooManyRequests`. (kube-rs 5's client retries 429 answers until they succeed, and its
+/// `EvictParams` body drops `deleteOptions`, so a dry run would evict; kubectl's raw POST does
+/// neither.)
+fn evict(node: &KubeNode, namespace: &str, pod: &str) -> Result<()> {
+    let body = serde_json::json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": { "name": pod, "namespace": namespace },
+    })
+    .to_string();
+    node.control_plane()
+        .kubectl_with_stdin_ok(
+            [
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/{namespace}/pods/{pod}/eviction"),
+                "-f",
+                "-",
+            ],
+            &body,
+        )
+        .map(drop)?;
+    Ok(())
+}
+
+/// Waits until `kubectl <args> -o name` lists nothing whose name contains `pattern` (everything,
+/// for an empty pattern).
+fn wait_until_none_named(node: &KubeNode, args: &[&str], pattern: &str) -> Result<()> {
+    let deadline = Instant::now() + POD_PATIENCE;
+    loop {
+        let mut full = args.to_vec();
+        full.extend(["-o", "name"]);
+        let listed = node.control_plane().kubectl_ok(full)?;
+        let left: Vec<&str> = listed.lines().filter(|l| l.contains(pattern)).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "still there after {POD_PATIENCE:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The cluster's leader, as its status reports it.
 pub(super) fn leader(node: &KubeNode, namespace: &str, cluster: &str) -> Result<String> {
     let leader = node.control_plane().kubectl_ok([
@@ -437,26 +483,19 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
     // evicted; while it is gone, evicting another is refused by the API server.
     step(started, "evictions against the PodDisruptionBudget");
-    wait_for_jsonpath(
-        node,
-        ns,
-        "pdb/demo",
-        "{.spec.maxUnavailable}/{.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}",
-        "1/3/3/1",
-        CLUSTER_PATIENCE,
-    )?;
-    let (first, second) = node.block_on(async {
-        let client = cp.kube_client().await?;
-        let pods: Api<Pod> = Api::namespaced(client, ns);
-        let first = pods.evict("demo-2", &EvictParams::default()).await;
-        let second = pods.evict("demo-1", &EvictParams::default()).await;
-        anyhow::Ok((first, second))
-    })?;
-    first.context("evicting one of three healthy voters")?;
-    match second {
-        Err(kube::Error::Api(refusal)) if refusal.code == 429 => {}
-        other => bail!("a second eviction while demo-2 is gone was not refused: {other:?}"),
-    }
+    let budget = "{.spec.maxUnavailable}/{.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}";
+    wait_for_jsonpath(node, ns, "pdb/demo", budget, "1/3/3/1", CLUSTER_PATIENCE)?;
+    evict(node, ns, "demo-2").context("evicting one of three healthy voters")?;
+    let refusal = match evict(node, ns, "demo-1") {
+        Ok(()) => bail!("a second eviction while demo-2 is gone was allowed"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        refusal.contains("TooManyRequests") && refusal.contains("disruption budget"),
+        "the second eviction failed, but not by the budget: {refusal}"
+    );
+    // The evicted pod comes back (the budget counts it healthy again) and rejoins.
+    wait_for_jsonpath(node, ns, "pdb/demo", budget, "1/3/3/1", CLUSTER_PATIENCE)?;
     wait_for_cluster(node, ns, cluster, 3)?;
 
     // Deleting the LogCluster runs its finalizer: every object of the cluster goes, the
@@ -465,27 +504,19 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     cp.kubectl_ok(["-n", ns, "delete", "lc", cluster, "--timeout=300s"])?;
     // The owned objects go by garbage collection, after the LogCluster itself.
     let selector = format!("app.kubernetes.io/instance={cluster}");
-    let deadline = Instant::now() + POD_PATIENCE;
-    loop {
-        let left = cp.kubectl_ok([
+    wait_until_none_named(
+        node,
+        &[
             "-n",
             ns,
             "get",
             "statefulsets,services,configmaps,secrets,pdb,pods",
             "-l",
             &selector,
-            "-o",
-            "name",
-        ])?;
-        if left.trim().is_empty() {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "left {POD_PATIENCE:?} after deleting lc/demo:\n{left}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        ],
+        "",
+    )
+    .context("deleting lc/demo")?;
     let claims = cp.kubectl_ok(["-n", ns, "get", "pvc", "-o", "name"])?;
     for i in 0..5 {
         ensure!(
@@ -506,23 +537,25 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         OPERATOR_NAMESPACE,
         "--wait",
     ])?;
-    let left = cp.kubectl_ok(["get", "clusterroles,clusterrolebindings", "-o", "name"])?;
-    ensure!(
-        !left.contains("logcluster-operator"),
-        "cluster-wide RBAC left after helm uninstall:\n{left}"
-    );
-    let left = cp.kubectl_ok([
-        "-n",
-        OPERATOR_NAMESPACE,
-        "get",
-        "all,serviceaccounts,roles,rolebindings",
-        "-o",
-        "name",
-    ])?;
-    ensure!(
-        !left.contains("logcluster-operator"),
-        "left in {OPERATOR_NAMESPACE} after helm uninstall:\n{left}"
-    );
+    // Deletion and garbage collection finish after helm returns (the operator's pod, for
+    // one, terminates gracefully).
+    wait_until_none_named(
+        node,
+        &["get", "clusterroles,clusterrolebindings"],
+        "logcluster-operator",
+    )
+    .context("cluster-wide RBAC after helm uninstall")?;
+    wait_until_none_named(
+        node,
+        &[
+            "-n",
+            OPERATOR_NAMESPACE,
+            "get",
+            "all,serviceaccounts,roles,rolebindings,leases",
+        ],
+        "logcluster-operator",
+    )
+    .context("the release namespace after helm uninstall")?;
     step(started, "done");
     Ok(())
 }
