@@ -247,23 +247,34 @@ impl KubeNode {
         })
     }
 
-    /// Imports an OCI archive into the node's image store (the CRI's `k8s.io` namespace).
-    pub fn import_image_archive(&self, archive: &Path) -> Result<()> {
+    /// Runs `ctr` against the node's containerd, in the CRI's `k8s.io` namespace (where the
+    /// kubelet's images and containers are), and returns its standard output.
+    pub fn ctr<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.paths.containerd_socket())
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(archive);
-        run_ok(cmd).map(drop)
+            .args(["--namespace", "k8s.io"])
+            .args(args);
+        run_ok(cmd)
+    }
+
+    /// Imports an OCI archive into the node's image store.
+    pub fn import_image_archive(&self, archive: &Path) -> Result<()> {
+        self.ctr(["images".as_ref(), "import".as_ref(), archive.as_os_str()])
+            .map(drop)
     }
 
     /// Names of the images in the node's store.
     pub fn images(&self) -> Result<Vec<String>> {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(self.paths.containerd_socket())
-            .args(["--namespace", "k8s.io", "images", "list", "--quiet"]);
-        Ok(run_ok(cmd)?.lines().map(str::to_owned).collect())
+        Ok(self
+            .ctr(["images", "list", "--quiet"])?
+            .lines()
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Stops every process of the node, removes its cgroups, then its directory (unless

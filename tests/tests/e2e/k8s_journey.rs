@@ -106,7 +106,7 @@ fn readme_client_pod() -> Result<Value> {
 }
 
 /// The README's client pod renamed and running `logctl` with other arguments.
-fn client_pod(name: &str, args: &[&str]) -> Result<Value> {
+pub(super) fn client_pod(name: &str, args: &[&str]) -> Result<Value> {
     let mut pod = readme_client_pod()?;
     pod["metadata"]["name"] = Value::from(name);
     pod["spec"]["containers"][0]["args"] =
@@ -130,7 +130,7 @@ fn logs(node: &KubeNode, namespace: &str, pod: &str) -> Result<String> {
 }
 
 /// Runs a client pod to its end and returns its phase and its logs.
-fn run_client(
+pub(super) fn run_client(
     node: &KubeNode,
     namespace: &str,
     name: &str,
@@ -473,12 +473,6 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
             "after scaling down, logctl servers still names {gone}: {servers}"
         );
     }
-    let log = consume_all(node, ns, "demo-consume-all")?;
-    ensure_log_holds(&log, &acked)?;
-    ensure!(
-        !log.iter().any(|l| l.ends_with("\tintruder")),
-        "the refused record is in the log: {log:?}"
-    );
 
     // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
     // evicted; while it is gone, evicting another is refused by the API server.
@@ -497,6 +491,126 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     // The evicted pod comes back (the budget counts it healthy again) and rejoins.
     wait_for_jsonpath(node, ns, "pdb/demo", budget, "1/3/3/1", CLUSTER_PATIENCE)?;
     wait_for_cluster(node, ns, cluster, 3)?;
+
+    // A container killed in place (not its pod): the kubelet restarts it, the node rejoins
+    // as the same member with its volume, and the cluster keeps every record.
+    let victim = leader(node, ns, cluster)?;
+    step(
+        started,
+        &format!("ctr task kill -s SIGKILL {victim}'s container (the leader)"),
+    );
+    let container = |field: &str| -> Result<String> {
+        let out = cp.kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "pod",
+            &victim,
+            "-o",
+            &format!("jsonpath={{.status.containerStatuses[0].{field}}}"),
+        ])?;
+        Ok(out.trim().to_owned())
+    };
+    let restarts: u32 = container("restartCount")?.parse()?;
+    let id = container("containerID")?;
+    let id = id
+        .strip_prefix("containerd://")
+        .with_context(|| format!("container id {id:?}"))?;
+    node.ctr(["tasks", "kill", "--signal", "SIGKILL", id])?;
+    wait_for_jsonpath(
+        node,
+        ns,
+        &format!("pod/{victim}"),
+        "{.status.containerStatuses[0].restartCount}/{.status.containerStatuses[0].ready}",
+        &format!("{}/true", restarts + 1),
+        POD_PATIENCE,
+    )?;
+    wait_for_cluster(node, ns, cluster, 3)?;
+    acked.extend(
+        produce(node, ns, "demo-producer-killed", &["six"])?
+            .into_iter()
+            .map(|o| (o, "six".to_owned())),
+    );
+
+    // A spec change that changes the pod template rolls the StatefulSet, one pod at a time,
+    // while producer pods keep writing; the client-visible failures are counted.
+    step(
+        started,
+        "kubectl patch lc/demo (a pod annotation): a rolling update",
+    );
+    let revision = |field: &str| -> Result<String> {
+        let out = cp.kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "sts",
+            cluster,
+            "-o",
+            &format!("jsonpath={{.status.{field}}}"),
+        ])?;
+        Ok(out.trim().to_owned())
+    };
+    let old_revision = revision("updateRevision")?;
+    cp.kubectl_ok([
+        "-n",
+        ns,
+        "patch",
+        "lc",
+        cluster,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"pod":{"annotations":{"journey.logcluster.io/rollout":"1"}}}}"#,
+    ])?;
+    let deadline = Instant::now() + CLUSTER_PATIENCE;
+    let (mut attempts, mut failures) = (0, Vec::new());
+    loop {
+        let rolled = revision("updateRevision")? != old_revision
+            && revision("currentRevision")? == revision("updateRevision")?
+            && revision("updatedReplicas")? == "3"
+            && revision("readyReplicas")? == "3";
+        if rolled {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the rolling update did not finish in {CLUSTER_PATIENCE:?}"
+        );
+        attempts += 1;
+        let name = format!("demo-roll-{attempts}");
+        let value = format!("roll-{attempts}");
+        let (phase, out) = run_client(
+            node,
+            ns,
+            &name,
+            &client_pod(&name, &["produce", value.as_str()])?,
+        )?;
+        match (phase.as_str(), out.trim().parse::<u64>()) {
+            ("Succeeded", Ok(offset)) => acked.push((offset, value)),
+            _ => failures.push(format!("{name}: {phase}: {}", out.trim())),
+        }
+    }
+    step(
+        started,
+        &format!(
+            "rolled: {attempts} produces during the update, {} failed {failures:?}",
+            failures.len()
+        ),
+    );
+    wait_for_cluster(node, ns, cluster, 3)?;
+    acked.extend(
+        produce(node, ns, "demo-producer-rolled", &["seven"])?
+            .into_iter()
+            .map(|o| (o, "seven".to_owned())),
+    );
+
+    // Every acknowledged record, once, at its offset; nothing of the refused user.
+    step(started, "the whole log, from a pod");
+    let log = consume_all(node, ns, "demo-consume-all")?;
+    ensure_log_holds(&log, &acked)?;
+    ensure!(
+        !log.iter().any(|l| l.ends_with("\tintruder")),
+        "the refused record is in the log: {log:?}"
+    );
 
     // Deleting the LogCluster runs its finalizer: every object of the cluster goes, the
     // volumes stay (the default `pvcRetention.whenDeleted: Retain`).

@@ -14,4 +14,5 @@ mod k8s_node;
 mod k8s_operator;
 mod k8s_operator_ha;
 mod k8s_operator_scaling;
+mod k8s_renewal;
 mod logctl_dev;
