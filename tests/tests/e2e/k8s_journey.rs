@@ -201,7 +201,7 @@ pub(super) fn wait_for_cluster(
 /// Prints a step of the journey with the time since it began, so a slow or stuck step shows.
 pub(super) fn step(started: Instant, what: &str) {
     eprintln!(
-        "k8s journey [{:>5.1}s] {what}",
+        "k8s step [{:>5.1}s] {what}",
         started.elapsed().as_secs_f64()
     );
 }
