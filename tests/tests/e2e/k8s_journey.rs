@@ -474,6 +474,44 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         );
     }
 
+    // Scaling up again lands demo-3 on the volume it kept (`whenScaled: Retain`), holding the
+    // log and Raft state of a member that was removed: it must join again and catch up.
+    step(
+        started,
+        "kubectl scale lc/demo --replicas=4 (onto demo-3's retained volume)",
+    );
+    let claim_uid = || {
+        cp.kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "pvc",
+            "data-demo-3",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .map(|uid| uid.trim().to_owned())
+    };
+    let retained = claim_uid().context("demo-3's volume was not retained")?;
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=4"])?;
+    wait_for_cluster(node, ns, cluster, 4)?;
+    ensure!(
+        claim_uid()? == retained,
+        "demo-3 came back on a new volume, not its retained one"
+    );
+    let servers = run_client_ok(node, ns, "demo-servers-4", &["servers"])?;
+    ensure!(
+        servers.contains("demo-3"),
+        "after scaling onto the retained volume, logctl servers does not name demo-3: {servers}"
+    );
+    acked.extend(
+        produce(node, ns, "demo-producer-4", &["four-again"])?
+            .into_iter()
+            .map(|o| (o, "four-again".to_owned())),
+    );
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
+    wait_for_cluster(node, ns, cluster, 3)?;
+
     // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
     // evicted; while it is gone, evicting another is refused by the API server.
     step(started, "evictions against the PodDisruptionBudget");
