@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -40,8 +40,16 @@ pub(super) fn workspace() -> PathBuf {
 /// Tests that run LogClusters share the node's two cores: one cluster at a time.
 pub(super) static CLUSTERS: Mutex<()> = Mutex::new(());
 
+/// Takes the one-cluster-at-a-time lock, then installs the operator as the README does; the
+/// guard is held for the whole test.
+pub(super) fn one_cluster_with_operator(node: &KubeNode) -> Result<MutexGuard<'static, ()>> {
+    let guard = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    install_operator(node).context("installing the operator")?;
+    Ok(guard)
+}
+
 /// `helm install`, as the README gives it; waits for the operator's Deployment to be available.
-pub(super) fn install_operator(node: &KubeNode) -> Result<()> {
+fn install_operator(node: &KubeNode) -> Result<()> {
     let cp = node.control_plane();
     let chart = workspace().join("charts/logcluster-operator");
     cp.helm_ok([
@@ -217,8 +225,13 @@ fn run_client_ok(node: &KubeNode, namespace: &str, name: &str, args: &[&str]) ->
     Ok(logs)
 }
 
-/// `logctl produce` in a pod; returns the offsets it printed, one per value.
-fn produce(node: &KubeNode, namespace: &str, name: &str, values: &[&str]) -> Result<Vec<u64>> {
+/// `logctl produce` in a pod; returns each value with the offset it was acknowledged at.
+fn produce(
+    node: &KubeNode,
+    namespace: &str,
+    name: &str,
+    values: &[&str],
+) -> Result<Vec<(u64, String)>> {
     let mut args = vec!["produce"];
     args.extend_from_slice(values);
     let out = run_client_ok(node, namespace, name, &args)?;
@@ -232,7 +245,10 @@ fn produce(node: &KubeNode, namespace: &str, name: &str, values: &[&str]) -> Res
         offsets.len(),
         values.len()
     );
-    Ok(offsets)
+    Ok(offsets
+        .into_iter()
+        .zip(values.iter().map(|v| v.to_string()))
+        .collect())
 }
 
 /// `logctl consume --from 0` (to the end) in a pod: the log as `offset<TAB>value` lines.
@@ -357,8 +373,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     let started = Instant::now();
     let node = node::shared()?;
     step(started, "the node is up; helm install of the operator");
-    let _one_cluster = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
-    install_operator(node).context("installing the operator")?;
+    let _one_cluster = one_cluster_with_operator(node)?;
     let cp = node.control_plane();
     let ns = "default";
     let cluster = "demo";
@@ -388,10 +403,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         "ready; a producer pod, then the README's consumer pod",
     );
     let values = ["one", "two", "three"];
-    let mut acked: Vec<(u64, String)> = produce(node, ns, "demo-producer", &values)?
-        .into_iter()
-        .zip(values.iter().map(|v| v.to_string()))
-        .collect();
+    let mut acked = produce(node, ns, "demo-producer", &values)?;
     node.control_plane()
         .kubectl_with_stdin_ok(["-n", ns, "apply", "-f", "-"], &readme_client_yaml()?)
         .context("kubectl apply of the README's client pod")?;
@@ -444,11 +456,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
             "after scaling up, logctl servers does not name {pod}: {servers}"
         );
     }
-    acked.extend(
-        produce(node, ns, "demo-producer-5", &["four"])?
-            .into_iter()
-            .map(|o| (o, "four".to_owned())),
-    );
+    acked.extend(produce(node, ns, "demo-producer-5", &["four"])?);
 
     // Losing the leader's pod: the StatefulSet brings it back, the cluster elects a leader
     // and keeps every record.
@@ -456,11 +464,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     step(started, &format!("kubectl delete pod {lost} (the leader)"));
     cp.kubectl_ok(["-n", ns, "delete", "pod", &lost])?;
     wait_for_cluster(node, ns, cluster, 5)?;
-    acked.extend(
-        produce(node, ns, "demo-producer-failover", &["five"])?
-            .into_iter()
-            .map(|o| (o, "five".to_owned())),
-    );
+    acked.extend(produce(node, ns, "demo-producer-failover", &["five"])?);
 
     // Scaling back down removes the last two voters before their pods; the log is whole.
     step(started, "kubectl scale lc/demo --replicas=3");
@@ -473,44 +477,6 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
             "after scaling down, logctl servers still names {gone}: {servers}"
         );
     }
-
-    // Scaling up again lands demo-3 on the volume it kept (`whenScaled: Retain`), holding the
-    // log and Raft state of a member that was removed: it must join again and catch up.
-    step(
-        started,
-        "kubectl scale lc/demo --replicas=4 (onto demo-3's retained volume)",
-    );
-    let claim_uid = || {
-        cp.kubectl_ok([
-            "-n",
-            ns,
-            "get",
-            "pvc",
-            "data-demo-3",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ])
-        .map(|uid| uid.trim().to_owned())
-    };
-    let retained = claim_uid().context("demo-3's volume was not retained")?;
-    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=4"])?;
-    wait_for_cluster(node, ns, cluster, 4)?;
-    ensure!(
-        claim_uid()? == retained,
-        "demo-3 came back on a new volume, not its retained one"
-    );
-    let servers = run_client_ok(node, ns, "demo-servers-4", &["servers"])?;
-    ensure!(
-        servers.contains("demo-3"),
-        "after scaling onto the retained volume, logctl servers does not name demo-3: {servers}"
-    );
-    acked.extend(
-        produce(node, ns, "demo-producer-4", &["four-again"])?
-            .into_iter()
-            .map(|o| (o, "four-again".to_owned())),
-    );
-    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
-    wait_for_cluster(node, ns, cluster, 3)?;
 
     // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
     // evicted; while it is gone, evicting another is refused by the API server.
@@ -564,11 +530,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         POD_PATIENCE,
     )?;
     wait_for_cluster(node, ns, cluster, 3)?;
-    acked.extend(
-        produce(node, ns, "demo-producer-killed", &["six"])?
-            .into_iter()
-            .map(|o| (o, "six".to_owned())),
-    );
+    acked.extend(produce(node, ns, "demo-producer-killed", &["six"])?);
 
     // A spec change that changes the pod template rolls the StatefulSet, one pod at a time,
     // while producer pods keep writing; the client-visible failures are counted.
@@ -635,11 +597,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         ),
     );
     wait_for_cluster(node, ns, cluster, 3)?;
-    acked.extend(
-        produce(node, ns, "demo-producer-rolled", &["seven"])?
-            .into_iter()
-            .map(|o| (o, "seven".to_owned())),
-    );
+    acked.extend(produce(node, ns, "demo-producer-rolled", &["seven"])?);
 
     // Every acknowledged record, once, at its offset; nothing of the refused user.
     step(started, "the whole log, from a pod");

@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_yaml::Value;
 
 use super::k8s_journey::{
-    CLUSTERS, OPERATOR_NAMESPACE, client_pod, install_operator, run_client, step, wait_for_cluster,
+    OPERATOR_NAMESPACE, client_pod, one_cluster_with_operator, run_client, step, wait_for_cluster,
     workspace,
 };
 
@@ -117,9 +117,8 @@ fn k8s_renewal_nodes_serve_renewed_certificates_from_mounted_secrets_without_res
 {
     let started = Instant::now();
     let node = node::shared()?;
-    let _one_cluster = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_cluster = one_cluster_with_operator(node)?;
     let cp = node.control_plane();
-    install_operator(node).context("installing the operator")?;
     let ns = cp.create_namespace("renewal")?;
 
     step(
