@@ -438,7 +438,8 @@ impl ProcessCluster {
         }
     }
 
-    /// Waits until the leader reports `count` voters and no membership change in flight.
+    /// Waits until the leader reports `count` voters and no membership change in flight (neither
+    /// a joint configuration nor an appended, uncommitted one — the operator's definition).
     pub async fn wait_for_voters(&self, count: usize, timeout: Duration) -> Result<()> {
         use logcluster_api::admin_v1::MemberRole;
         let deadline = Instant::now() + timeout;
@@ -456,7 +457,9 @@ impl ProcessCluster {
                         )
                     })
                     .count();
-                if voters == count && !status.membership_changing {
+                let settled = !status.membership_changing
+                    && status.membership_log_index <= status.commit_index;
+                if voters == count && settled {
                     return Ok(());
                 }
             }

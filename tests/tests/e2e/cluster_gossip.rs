@@ -1,14 +1,15 @@
 //! Gossip discovery and the leader-aware client against real `lognode` processes (issue 5):
 //! nodes started with only gossip seeds form one Raft cluster, later nodes join by themselves,
 //! a killed node stays a member, a graceful leave removes it, a node with another key never
-//! joins; the client fails over, reads from followers and follows a leadership transfer.
+//! joins, removed nodes return on their old data as voters; the client fails over, reads from
+//! followers and follows a leadership transfer.
 //! Loopback subnets 20–24 (cluster_raft uses 10–17).
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
-use logcluster_api::admin_v1::{MemberRole, TransferLeaderRequest};
+use logcluster_api::admin_v1::{MemberRole, RemoveNodeRequest, TransferLeaderRequest};
 use logcluster_tests::cluster::{
     ClusterSpec, Discovery, GOSSIP_PORT, ProcessCluster, Workload, outcome_of,
 };
@@ -148,6 +149,59 @@ async fn a_killed_node_stays_a_member_and_a_graceful_leave_removes_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What the operator does on Kubernetes when a LogCluster shrinks and grows again with retained
+/// volumes (`whenScaled: Retain`): remove the highest members through the admin API, stop their
+/// pods, later start the same node ids again on their old data. A returning node holds a stale
+/// configuration in which it is still a voter; the leader must bring it back as a learner,
+/// promote it, and every membership change must commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_nodes_that_return_on_their_old_data_become_voters_again() {
+    let mut cluster = gossip_cluster(5, 24, &[]).await;
+    assert_voters(&members(&cluster).await, &[0, 1, 2, 3, 4]);
+    let client = cluster.client().await.expect("client");
+    let workload = Workload::start(&client, 2, true);
+    progress(&workload, &cluster, "with five voters").await;
+    for (victim, voters) in [(4usize, 4usize), (3, 3)] {
+        let leader = cluster
+            .wait_for_leader(None, Duration::from_secs(30))
+            .await
+            .expect("leader");
+        let channel = cluster.channel_to(leader).await.expect("channel");
+        AdminClient::new(channel)
+            .remove_node(RemoveNodeRequest {
+                node_id: cluster.nodes[victim].id,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("remove node {victim}: {e}"));
+        if let Err(e) = cluster
+            .wait_for_voters(voters, Duration::from_secs(60))
+            .await
+        {
+            panic!("shrinking to {voters}: {e}");
+        }
+        cluster.stop(victim);
+    }
+    progress(&workload, &cluster, "with three voters").await;
+    // Back in the order the operator brings them: node 3 first, on its old data directory.
+    for (returning, voters) in [(3usize, 4usize), (4, 5)] {
+        cluster.restart(returning).expect("restart");
+        if let Err(e) = cluster
+            .wait_for_voters(voters, Duration::from_secs(90))
+            .await
+        {
+            panic!("node {returning} did not come back as a voter: {e}");
+        }
+        progress(&workload, &cluster, "after a node came back").await;
+    }
+    assert_voters(&members(&cluster).await, &[0, 1, 2, 3, 4]);
+    let (history, seen) = workload.stop().await;
+    let summary = cluster
+        .verify(&history, seen.as_deref())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    eprintln!("history checked: {summary:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +369,17 @@ async fn the_client_fails_over_reads_from_followers_and_follows_a_transfer() {
                 cluster.logs()
             );
         }
+    }
+}
+
+/// Waits for 50 more acknowledged produces (P8).
+async fn progress(workload: &Workload, cluster: &ProcessCluster, what: &str) {
+    let since = workload.history().now();
+    if let Err(e) = workload
+        .wait_for_acks(since, 50, Duration::from_secs(60))
+        .await
+    {
+        panic!("no progress {what}: {e}\n{}", cluster.logs());
     }
 }
 

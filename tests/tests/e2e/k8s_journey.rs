@@ -38,14 +38,55 @@ pub(super) fn workspace() -> PathBuf {
 }
 
 /// Tests that run LogClusters share the node's two cores: one cluster at a time.
-pub(super) static CLUSTERS: Mutex<()> = Mutex::new(());
+static CLUSTERS: Mutex<()> = Mutex::new(());
 
 /// Takes the one-cluster-at-a-time lock, then installs the operator as the README does; the
 /// guard is held for the whole test.
 pub(super) fn one_cluster_with_operator(node: &KubeNode) -> Result<MutexGuard<'static, ()>> {
-    let guard = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = one_cluster(node)?;
     install_operator(node).context("installing the operator")?;
     Ok(guard)
+}
+
+/// Takes the one-cluster-at-a-time lock on a node cleared of earlier tests' leftovers; the
+/// test installs the operator its own way.
+pub(super) fn one_cluster(node: &KubeNode) -> Result<MutexGuard<'static, ()>> {
+    let guard = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    remove_leftovers(node).context("removing what an earlier failed test left")?;
+    Ok(guard)
+}
+
+/// A test that failed half-way leaves its LogClusters, their pods and volumes, and the operator
+/// release behind; the next test would meet them (a second `helm install` fails, old volumes
+/// hold another cluster's data). Removes them, so one failure is reported once.
+fn remove_leftovers(node: &KubeNode) -> Result<()> {
+    let cp = node.control_plane();
+    let listed = cp.helm_ok(["list", "--all-namespaces", "--output", "json"])?;
+    let releases: Vec<serde_json::Value> =
+        serde_json::from_str(&listed).with_context(|| format!("helm list: {listed:?}"))?;
+    if releases.is_empty() {
+        return Ok(());
+    }
+    eprintln!("k8s: an earlier test left releases installed: removing them and its LogClusters");
+    // While the operator still runs, so that it sees the deletions through.
+    cp.kubectl_ok([
+        "delete",
+        "lc",
+        "--all",
+        "--all-namespaces",
+        "--timeout=300s",
+    ])?;
+    cp.kubectl_ok(["-n", "default", "delete", "pvc", "--all", "--timeout=300s"])?;
+    for release in &releases {
+        let field = |key: &str| release[key].as_str().unwrap_or_default().to_owned();
+        let (name, namespace) = (field("name"), field("namespace"));
+        cp.helm_ok(["uninstall", &name, "--namespace", &namespace, "--wait"])?;
+    }
+    wait_until_none_named(
+        node,
+        &["get", "clusterroles,clusterrolebindings"],
+        "logcluster-operator",
+    )
 }
 
 /// `helm install`, as the README gives it; waits for the operator's Deployment to be available.
@@ -199,10 +240,41 @@ pub(super) fn wait_for_cluster(
                 OPERATOR_NAMESPACE,
                 "logs",
                 "deployment/logcluster-operator",
-                "--tail=60",
+                "--tail=100",
             ])
             .unwrap_or_default();
-        format!("{what} never became ready\npods:\n{pods}\noperator log:\n{operator}")
+        let status = node
+            .control_plane()
+            .kubectl_ok(["-n", namespace, "get", &what, "-o", "jsonpath={.status}"])
+            .unwrap_or_default();
+        // The nodes' own view (Raft warnings, membership changes) is what explains a stuck
+        // change; every pod of the cluster, the last lines of each.
+        let node_logs: String = node
+            .control_plane()
+            .kubectl_ok([
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "-l",
+                &format!("app.kubernetes.io/instance={name}"),
+                "-o",
+                "name",
+            ])
+            .unwrap_or_default()
+            .lines()
+            .map(|pod| {
+                let tail = node
+                    .control_plane()
+                    .kubectl_ok(["-n", namespace, "logs", pod, "--tail=40"])
+                    .unwrap_or_else(|e| format!("{e:#}"));
+                format!("--- {pod}\n{tail}\n")
+            })
+            .collect();
+        format!(
+            "{what} never became ready\nstatus: {status}\npods:\n{pods}\noperator log:\n\
+             {operator}\nnode logs:\n{node_logs}"
+        )
     })
 }
 
@@ -477,6 +549,40 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
             "after scaling down, logctl servers still names {gone}: {servers}"
         );
     }
+
+    // Scaling up again lands demo-3 on the volume it kept (`whenScaled: Retain`), holding the
+    // log and Raft state of a member that was removed: it must join again and catch up.
+    step(
+        started,
+        "kubectl scale lc/demo --replicas=4 (onto demo-3's retained volume)",
+    );
+    let claim_uid = || {
+        cp.kubectl_ok([
+            "-n",
+            ns,
+            "get",
+            "pvc",
+            "data-demo-3",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .map(|uid| uid.trim().to_owned())
+    };
+    let retained = claim_uid().context("demo-3's volume was not retained")?;
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=4"])?;
+    wait_for_cluster(node, ns, cluster, 4)?;
+    ensure!(
+        claim_uid()? == retained,
+        "demo-3 came back on a new volume, not its retained one"
+    );
+    let servers = run_client_ok(node, ns, "demo-servers-4", &["servers"])?;
+    ensure!(
+        servers.contains("demo-3"),
+        "after scaling onto the retained volume, logctl servers does not name demo-3: {servers}"
+    );
+    acked.extend(produce(node, ns, "demo-producer-4", &["four-again"])?);
+    cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
+    wait_for_cluster(node, ns, cluster, 3)?;
 
     // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
     // evicted; while it is gone, evicting another is refused by the API server.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use logcluster_tests::k8s::node::{self, KubeNode};
 
-use super::k8s_journey::{CLUSTERS, POD_PATIENCE, step, wait_for_cluster, workspace};
+use super::k8s_journey::{POD_PATIENCE, one_cluster, step, wait_for_cluster, workspace};
 use super::k8s_node::wait_for_jsonpath;
 
 /// A namespace of its own, so that this release and the journey's never share objects.
@@ -63,7 +63,7 @@ fn wait_for_holder(node: &KubeNode, candidates: &[String]) -> Result<String> {
 fn k8s_operator_two_replicas_elect_one_leader_and_act_only_in_watched_namespaces() -> Result<()> {
     let started = Instant::now();
     let node = node::shared()?;
-    let _one_cluster = CLUSTERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_cluster = one_cluster(node)?;
     let cp = node.control_plane();
     let watched = cp.create_namespace("watched")?;
     let unwatched = cp.create_namespace("unwatched")?;

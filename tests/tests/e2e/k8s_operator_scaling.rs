@@ -15,6 +15,7 @@
 //! * the voter sets sampled throughout are always `{0..k}` prefixes, in order, with at most one
 //!   learner at a time;
 //! * a scale-down of the current leader transfers leadership first (the operator's Events);
+//! * growing again brings a removed node back on its old data directory (retained volume);
 //! * a scale-down that would break the quorum is refused, with the reason in the status and a
 //!   `ScalingBlocked` Event, and nothing changes until the dead voter is back;
 //! * killing the operator mid-scale (up and down) and starting another completes the change;
@@ -754,6 +755,15 @@ async fn k8s_operator_scaling_grows_and_shrinks_a_real_cluster_one_voter_at_a_ti
         "expected: leadership moved off node 4, then node 4 removed, then node 3; Events: {:#?}",
         h.events.since(events)
     );
+
+    // 3 → 4: node 3 comes back on its old data (the default `whenScaled: Retain` keeps the
+    // volume), holding a stale configuration in which it may still be a member.
+    let (views, since) = (h.monitor.len(), workload.history().now());
+    h.scale(4)?;
+    h.wait_steady(4).await?;
+    wait_for_traffic(&workload, since, 100).await?;
+    assert_eq!(h.pods.replicas(), [1, 2, 3, 4, 5, 4, 3, 4]);
+    check_views(&h.monitor.since(views), &[ids(0..3), ids(0..4)])?;
 
     h.verify(workload).await?;
     h.ensure_no_violations()
