@@ -264,10 +264,23 @@ pub(super) fn wait_for_cluster(
             .unwrap_or_default()
             .lines()
             .map(|pod| {
-                let tail = node
-                    .control_plane()
-                    .kubectl_ok(["-n", namespace, "logs", pod, "--tail=40"])
-                    .unwrap_or_else(|e| format!("{e:#}"));
+                // Every RPC logs a line; the rest is what tells.
+                let tail = match node.control_plane().kubectl_ok([
+                    "-n",
+                    namespace,
+                    "logs",
+                    pod,
+                    "--tail=5000",
+                ]) {
+                    Ok(all) => {
+                        let told: Vec<&str> = all
+                            .lines()
+                            .filter(|l| !l.contains("\"rpc finished\""))
+                            .collect();
+                        told[told.len().saturating_sub(40)..].join("\n")
+                    }
+                    Err(e) => format!("{e:#}"),
+                };
                 format!("--- {pod}\n{tail}\n")
             })
             .collect();
