@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::server::GrpcRoutes;
-use crate::api::{AccessControl, LogService, LogServiceLimits};
+use crate::api::{AccessControl, Closing, LogService, LogServiceLimits};
 use crate::auth::authz::CasbinAuthorizer;
 use crate::auth::tls::{self, ReloadingTlsFiles, TlsFiles};
 use crate::config::{FsyncMode, NodeArgs, node_id_from_hostname};
@@ -28,6 +28,10 @@ use crate::telemetry::metrics::{CertificateRole, LogGauges, Metrics};
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// How long to wait for the gossip advertise name to resolve (a pod's DNS record lags its start).
 const GOSSIP_ADDR_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a stopping node waits for its open gRPC calls to finish. Streams that never end
+/// by themselves are ended by [`Closing`] first; this bounds the rest (a client that keeps a
+/// `ProduceStream` open, say), well inside a pod's default 30 s grace period.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Gossip discovery (chitchat) settings; `None` in [`NodeConfig::gossip`] turns it off.
 #[derive(Debug, Clone)]
@@ -259,6 +263,7 @@ pub struct RunningNode {
     health: tonic_health::server::HealthReporter,
     readiness: watch::Sender<Readiness>,
     shutdown: watch::Sender<bool>,
+    closing: Closing,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -321,6 +326,7 @@ impl RunningNode {
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let closing = Closing::new();
         let (readiness, readiness_rx) = watch::channel(Readiness::default());
 
         let http_listener = TcpListener::bind(config.http_listen_addr)
@@ -341,11 +347,12 @@ impl RunningNode {
             access.clone(),
             LogServiceLimits::default(),
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_closing(closing.clone());
         let routes = GrpcRoutes::new(service)
             .await
             .context("building the gRPC services")?
-            .add_service(raft.raft_service(access.clone()))
+            .add_service(raft.raft_service(access.clone(), closing.clone()))
             .add_service(raft.admin_service(access));
         let health = routes.health();
         let grpc_listener = TcpListener::bind(config.listen_addr)
@@ -417,6 +424,7 @@ impl RunningNode {
             health,
             readiness,
             shutdown,
+            closing,
             grpc_task,
             http_task,
             background,
@@ -478,11 +486,20 @@ impl RunningNode {
         self.health
             .set_not_serving::<logcluster_api::log_v1::log_server::LogServer<LogService>>()
             .await;
+        self.closing.cancel();
         let _ = self.shutdown.send(true);
-        match self.grpc_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server failed"),
-            Err(e) => tracing::error!(error = %e, "the gRPC server task failed"),
+        let mut grpc_task = self.grpc_task;
+        match tokio::time::timeout(DRAIN_PATIENCE, &mut grpc_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the gRPC server failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    patience = ?DRAIN_PATIENCE,
+                    "gRPC calls were still open; stopping without them"
+                );
+                grpc_task.abort();
+            }
         }
         let _ = self.http_task.await;
         if let Some(gossip) = self.gossip {

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::access::{AccessControl, action};
 use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
+use super::closing::{Closing, until_closed};
 use super::status;
 use crate::log::{Entry, EntryKind};
 use crate::telemetry::metrics::Metrics;
@@ -56,6 +57,7 @@ pub struct LogService {
     access: AccessControl,
     limits: LogServiceLimits,
     metrics: Option<Metrics>,
+    closing: Closing,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -67,7 +69,14 @@ impl LogService {
             access,
             limits,
             metrics: None,
+            closing: Closing::new(),
         }
+    }
+
+    /// Ends the streams that follow the tail when `closing` fires (the node is stopping).
+    pub fn with_closing(mut self, closing: Closing) -> Self {
+        self.closing = closing;
+        self
     }
 
     /// Counts records served to consumers (per node: shows which nodes serve reads).
@@ -199,7 +208,7 @@ impl Log for LogService {
         }))
     }
 
-    type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+    type ConsumeStreamStream = BoxStream<ConsumeResponse>;
 
     async fn consume_stream(
         &self,
@@ -233,7 +242,8 @@ impl Log for LogService {
             fields,
         };
         tokio::spawn(follower.run(tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = until_closed(ReceiverStream::new(rx), self.closing.clone());
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ProduceStreamStream = BoxStream<ProduceResponse>;

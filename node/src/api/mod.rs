@@ -3,11 +3,13 @@
 
 pub mod access;
 pub mod backend;
+pub mod closing;
 pub mod local;
 pub mod log_service;
 pub mod server;
 pub mod status;
 
 pub use access::AccessControl;
+pub use closing::Closing;
 pub use backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
 pub use log_service::{LogService, LogServiceLimits};

@@ -8,7 +8,8 @@
 //! * [`state_machine`] — the applied watermark + membership; metadata-only snapshots.
 //! * [`retention`] — the only thing that purges.
 //! * [`pb`], [`network`], [`service`] — the `raft.v1` peer protocol: conversions, client
-//!   (cached mTLS channels) and server (node role only).
+//!   (cached mTLS channels) and server (node role only); [`unanswered`] is the replication
+//!   stream's deadline (idle streams are not broken ones).
 //! * [`commit_log`] — the client API's [`CommitLog`](crate::api::CommitLog) on Raft
 //!   (forwarding produces from followers to the leader).
 //! * [`admin`] — `admin.v1`: initialize, add/remove node, transfer leadership, status.
@@ -25,9 +26,12 @@
 //! raft_config.retention_bytes = args.retention_bytes;
 //! raft_config.retention_age = args.retention_age;
 //! let raft = RaftNode::start(raft_config, tls_files.clone(), metrics.clone()).await?;
-//! let routes = GrpcRoutes::new(LogService::new(raft.commit_log(), access.clone(), limits))
+//! let closing = Closing::new();                     // ends never-ending streams on shutdown
+//! let log_service = LogService::new(raft.commit_log(), access.clone(), limits)
+//!     .with_closing(closing.clone());
+//! let routes = GrpcRoutes::new(log_service)
 //!     .await?
-//!     .add_service(raft.raft_service(access.clone()))
+//!     .add_service(raft.raft_service(access.clone(), closing.clone()))
 //!     .add_service(raft.admin_service(access.clone()));
 //! // serve `routes` on the TLS listener, then:
 //! if args.bootstrap { raft.bootstrap_if_new().await?; }
@@ -58,6 +62,7 @@ pub mod state_machine;
 mod storage_suite_tests;
 pub mod syncer;
 pub mod types;
+mod unanswered;
 pub mod vote_gate;
 
 pub use admin::{AdminService, AdminTimeouts, ClusterAdmin};

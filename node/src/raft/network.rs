@@ -42,6 +42,7 @@ use tonic::transport::{Channel, Uri};
 
 use super::pb::{self, FromPb, ToPb, proto};
 use super::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
+use super::unanswered::{Answer, Unanswered, next_answer};
 use crate::auth::tls::{ReloadingTlsFiles, TlsConnector, endpoint};
 
 /// Prefix of the error of a connection attempt that failed (nothing was sent on it).
@@ -337,7 +338,15 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let mut client = self.client()?;
-            let requests = input.map(|req| req.to_pb());
+            // openraft sends on this stream only when it has something to replicate, so it
+            // is silent while the cluster is idle: the deadline runs only while a request is
+            // unanswered (see `unanswered`).
+            let unanswered = Unanswered::default();
+            let sending = unanswered.clone();
+            let requests = input.map(move |req| {
+                sending.sent();
+                req.to_pb()
+            });
             let responses = self
                 .call(
                     RPCTypes::AppendEntries,
@@ -349,25 +358,29 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
             // this long, the stream is broken (keepalive would also notice a dead connection).
             let item_timeout = (option.hard_ttl() * 20).max(Duration::from_secs(2));
             let (id, target) = (self.id, self.target);
-            let stream = futures::stream::unfold(Some(responses), move |state| async move {
-                let mut responses = state?;
-                match tokio::time::timeout(item_timeout, responses.message()).await {
-                    Ok(Ok(Some(resp))) => {
-                        let result = pb::stream_append_result_from_pb(resp).map_err(convert_error);
-                        let keep = result.is_ok();
-                        Some((result, keep.then_some(responses)))
+            let stream = futures::stream::unfold(Some(responses), move |state| {
+                let unanswered = unanswered.clone();
+                async move {
+                    let mut responses = state?;
+                    match next_answer(&mut responses, &unanswered, item_timeout).await {
+                        Answer::Message(resp) => {
+                            let result =
+                                pb::stream_append_result_from_pb(resp).map_err(convert_error);
+                            let keep = result.is_ok();
+                            Some((result, keep.then_some(responses)))
+                        }
+                        Answer::End => None,
+                        Answer::Failed(status) => Some((Err(status_error(&status)), None)),
+                        Answer::Overdue => Some((
+                            Err(RPCError::Timeout(Timeout {
+                                action: RPCTypes::AppendEntries,
+                                id,
+                                target,
+                                timeout: item_timeout,
+                            })),
+                            None,
+                        )),
                     }
-                    Ok(Ok(None)) => None,
-                    Ok(Err(status)) => Some((Err(status_error(&status)), None)),
-                    Err(_) => Some((
-                        Err(RPCError::Timeout(Timeout {
-                            action: RPCTypes::AppendEntries,
-                            id,
-                            target,
-                            timeout: item_timeout,
-                        })),
-                        None,
-                    )),
                 }
             });
             let stream: BoxStream<'s, _> = Box::pin(stream);

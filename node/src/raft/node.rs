@@ -30,7 +30,7 @@ use super::state_machine::StateMachine;
 use super::syncer::Syncer;
 use super::types::{Node, NodeId, Raft, TypeConfig};
 use super::vote_gate::VoteGate;
-use crate::api::AccessControl;
+use crate::api::{AccessControl, Closing};
 use crate::api::backend::{CommitLog, ServerInfo};
 use crate::auth::tls::ReloadingTlsFiles;
 use crate::log::{FsyncPolicy, Log, LogConfig};
@@ -272,13 +272,19 @@ impl RaftNode {
         self.commit_log.clone()
     }
 
-    /// The peer API (`raft.v1`), every call authorized with `replicate`.
-    pub fn raft_service(&self, access: AccessControl) -> RaftServer<RaftService> {
+    /// The peer API (`raft.v1`), every call authorized with `replicate`; replication streams
+    /// end when `closing` fires.
+    pub fn raft_service(
+        &self,
+        access: AccessControl,
+        closing: Closing,
+    ) -> RaftServer<RaftService> {
         RaftService::new(
             self.raft.clone(),
             Arc::clone(&self.commit_log),
             access,
             Arc::clone(&self.vote_gate),
+            closing,
         )
         .into_server()
     }

@@ -18,6 +18,7 @@ use super::pb::{self, FromPb, ToPb, proto};
 use super::types::{Raft, SnapshotMeta, TypeConfig, Vote};
 use super::vote_gate::VoteGate;
 use crate::api::AccessControl;
+use crate::api::closing::{Closing, until_closed};
 use crate::api::access::action;
 use crate::api::backend::NewRecord;
 
@@ -28,6 +29,7 @@ pub struct RaftService {
     commit_log: Arc<RaftCommitLog>,
     access: AccessControl,
     vote_gate: Arc<VoteGate>,
+    closing: Closing,
 }
 
 impl RaftService {
@@ -36,12 +38,14 @@ impl RaftService {
         commit_log: Arc<RaftCommitLog>,
         access: AccessControl,
         vote_gate: Arc<VoteGate>,
+        closing: Closing,
     ) -> Self {
         RaftService {
             raft,
             commit_log,
             access,
             vote_gate,
+            closing,
         }
     }
 
@@ -149,7 +153,9 @@ impl RaftApi for RaftService {
             });
         let trailer = futures::stream::once(async move { failure.lock().take() })
             .filter_map(|status| async move { status.map(Err) });
-        let stream: ResponseStream = Box::pin(output.chain(trailer));
+        // A leader's stream never ends by itself: the node's shutdown ends it.
+        let stream: ResponseStream =
+            Box::pin(until_closed(output.chain(trailer), self.closing.clone()));
         Ok(Response::new(stream))
     }
 

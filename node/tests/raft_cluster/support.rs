@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logcluster_certs::{CertificateAuthority, CertificateRequest, write_pem_files};
-use logcluster_node::api::AccessControl;
+use logcluster_node::api::{AccessControl, Closing};
 use logcluster_node::api::backend::{CommitLog, NewRecord};
 use logcluster_node::auth::authz::{CasbinAuthorizer, DEFAULT_MODEL};
 use logcluster_node::auth::tls::{ReloadingTlsFiles, TlsFiles, tls_incoming};
@@ -66,7 +66,8 @@ pub struct TestNode {
     pub id: u64,
     pub addr: SocketAddr,
     pub node: Option<RaftNode>,
-    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// Stops the server; the `Closing` first ends the streams peers keep open.
+    server: Option<(oneshot::Sender<()>, Closing, JoinHandle<()>)>,
 }
 
 impl TestNode {
@@ -87,7 +88,8 @@ impl TestNode {
     }
 
     async fn stop_server(&mut self) {
-        if let Some((stop, task)) = self.server.take() {
+        if let Some((stop, closing, task)) = self.server.take() {
+            closing.cancel();
             let _ = stop.send(());
             let _ = task.await;
         }
@@ -209,13 +211,14 @@ impl Cluster {
             Duration::from_secs(5),
         );
         let (stop, stopped) = oneshot::channel::<()>();
+        let closing = Closing::new();
         // Replication streams are large: a follower's receive windows must not throttle them
         // (the node's real server should use the same settings).
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .initial_connection_window_size(Some(32 << 20))
             .initial_stream_window_size(Some(8 << 20))
-            .add_service(node.raft_service(self.access.clone()))
+            .add_service(node.raft_service(self.access.clone(), closing.clone()))
             .add_service(node.admin_service(self.access.clone()));
         let task = tokio::spawn(async move {
             let shutdown = async {
@@ -232,7 +235,7 @@ impl Cluster {
             id,
             addr,
             node: Some(node),
-            server: Some((stop, task)),
+            server: Some((stop, closing, task)),
         };
         match existing {
             Some(i) => {
