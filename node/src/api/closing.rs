@@ -24,11 +24,11 @@ where
     S: Stream<Item = Result<T, Status>>,
 {
     let closed = closing.clone();
-    stream
-        .take_until(closing.cancelled_owned())
-        .chain(futures::stream::once(async move { closed.is_cancelled() }).filter_map(
+    stream.take_until(closing.cancelled_owned()).chain(
+        futures::stream::once(async move { closed.is_cancelled() }).filter_map(
             |closed| async move { closed.then(|| Err(Status::unavailable(SHUTTING_DOWN))) },
-        ))
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -42,7 +42,9 @@ mod tests {
         let items = futures::stream::iter([Ok::<u32, Status>(1), Ok(2)]);
         let seen: Vec<_> = until_closed(items, Closing::new()).collect().await;
         assert_eq!(
-            seen.into_iter().map(|r| r.expect("no error")).collect::<Vec<_>>(),
+            seen.into_iter()
+                .map(|r| r.expect("no error"))
+                .collect::<Vec<_>>(),
             [1, 2]
         );
     }

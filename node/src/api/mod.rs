@@ -10,6 +10,6 @@ pub mod server;
 pub mod status;
 
 pub use access::AccessControl;
-pub use closing::Closing;
 pub use backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
+pub use closing::Closing;
 pub use log_service::{LogService, LogServiceLimits};

@@ -30,8 +30,8 @@ use super::state_machine::StateMachine;
 use super::syncer::Syncer;
 use super::types::{Node, NodeId, Raft, TypeConfig};
 use super::vote_gate::VoteGate;
-use crate::api::{AccessControl, Closing};
 use crate::api::backend::{CommitLog, ServerInfo};
+use crate::api::{AccessControl, Closing};
 use crate::auth::tls::ReloadingTlsFiles;
 use crate::log::{FsyncPolicy, Log, LogConfig};
 use crate::telemetry::metrics::{Metrics, RaftGauges};
@@ -274,11 +274,7 @@ impl RaftNode {
 
     /// The peer API (`raft.v1`), every call authorized with `replicate`; replication streams
     /// end when `closing` fires.
-    pub fn raft_service(
-        &self,
-        access: AccessControl,
-        closing: Closing,
-    ) -> RaftServer<RaftService> {
+    pub fn raft_service(&self, access: AccessControl, closing: Closing) -> RaftServer<RaftService> {
         RaftService::new(
             self.raft.clone(),
             Arc::clone(&self.commit_log),

@@ -18,9 +18,9 @@ use super::pb::{self, FromPb, ToPb, proto};
 use super::types::{Raft, SnapshotMeta, TypeConfig, Vote};
 use super::vote_gate::VoteGate;
 use crate::api::AccessControl;
-use crate::api::closing::{Closing, until_closed};
 use crate::api::access::action;
 use crate::api::backend::NewRecord;
+use crate::api::closing::{Closing, until_closed};
 
 /// The peer API of a node.
 #[derive(Clone)]

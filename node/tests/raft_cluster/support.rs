@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logcluster_certs::{CertificateAuthority, CertificateRequest, write_pem_files};
-use logcluster_node::api::{AccessControl, Closing};
 use logcluster_node::api::backend::{CommitLog, NewRecord};
+use logcluster_node::api::{AccessControl, Closing};
 use logcluster_node::auth::authz::{CasbinAuthorizer, DEFAULT_MODEL};
 use logcluster_node::auth::tls::{ReloadingTlsFiles, TlsFiles, tls_incoming};
 use logcluster_node::log::{EntryKind, FsyncPolicy, LogConfig};
