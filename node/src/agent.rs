@@ -262,7 +262,7 @@ pub struct RunningNode {
     leave_on_shutdown: bool,
     health: tonic_health::server::HealthReporter,
     readiness: watch::Sender<Readiness>,
-    shutdown: watch::Sender<bool>,
+    /// The one stop signal: ends never-ending streams and starts both servers' drains.
     closing: Closing,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -325,7 +325,6 @@ impl RunningNode {
             }));
         }
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let closing = Closing::new();
         let (readiness, readiness_rx) = watch::channel(Readiness::default());
 
@@ -339,7 +338,7 @@ impl RunningNode {
                 metrics: metrics.clone(),
                 readiness: readiness_rx,
             },
-            wait_for(shutdown_rx.clone()),
+            closing.clone().cancelled_owned(),
         ));
 
         let service = LogService::new(
@@ -366,8 +365,11 @@ impl RunningNode {
                 .context("building the TLS server configuration")?,
             tls::DEFAULT_HANDSHAKE_TIMEOUT,
         );
-        let grpc_task =
-            tokio::spawn(routes.serve(incoming, metrics.clone(), wait_for(shutdown_rx.clone())));
+        let grpc_task = tokio::spawn(routes.serve(
+            incoming,
+            metrics.clone(),
+            closing.clone().cancelled_owned(),
+        ));
         background.push(tokio::spawn(forward_readiness(
             raft.readiness(),
             readiness.clone(),
@@ -423,7 +425,6 @@ impl RunningNode {
             leave_on_shutdown: config.leave_on_shutdown,
             health,
             readiness,
-            shutdown,
             closing,
             grpc_task,
             http_task,
@@ -487,7 +488,6 @@ impl RunningNode {
             .set_not_serving::<logcluster_api::log_v1::log_server::LogServer<LogService>>()
             .await;
         self.closing.cancel();
-        let _ = self.shutdown.send(true);
         let mut grpc_task = self.grpc_task;
         match tokio::time::timeout(DRAIN_PATIENCE, &mut grpc_task).await {
             Ok(Ok(Ok(()))) => {}
@@ -573,10 +573,6 @@ async fn forward_readiness(
             return;
         }
     }
-}
-
-async fn wait_for(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -358,16 +358,15 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
             // this long, the stream is broken (keepalive would also notice a dead connection).
             let item_timeout = (option.hard_ttl() * 20).max(Duration::from_secs(2));
             let (id, target) = (self.id, self.target);
-            let stream = futures::stream::unfold(Some(responses), move |state| {
-                let unanswered = unanswered.clone();
-                async move {
-                    let mut responses = state?;
+            let stream =
+                futures::stream::unfold(Some((responses, unanswered)), move |state| async move {
+                    let (mut responses, unanswered) = state?;
                     match next_answer(&mut responses, &unanswered, item_timeout).await {
                         Answer::Message(resp) => {
                             let result =
                                 pb::stream_append_result_from_pb(resp).map_err(convert_error);
                             let keep = result.is_ok();
-                            Some((result, keep.then_some(responses)))
+                            Some((result, keep.then_some((responses, unanswered))))
                         }
                         Answer::End => None,
                         Answer::Failed(status) => Some((Err(status_error(&status)), None)),
@@ -381,8 +380,7 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
                             None,
                         )),
                     }
-                }
-            });
+                });
             let stream: BoxStream<'s, _> = Box::pin(stream);
             Ok(stream)
         })
