@@ -439,16 +439,25 @@ impl ClusterAdmin {
     }
 
     /// Proposes a membership change and waits for it to commit; returns its log index.
+    ///
+    /// openraft changes voters in two entries, a joint config and then the uniform one, and
+    /// the *caller's* future proposes the second. Dropping that future in between — our own
+    /// timeout, or tonic cancelling the handler when the caller gives up — left the cluster
+    /// in the joint config for good (every voter healthy, the operator "waiting for the
+    /// membership change in flight to commit"). So the change runs as its own task, to the
+    /// end, and the caller only stops *waiting* for it.
     async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, Status> {
-        let response = tokio::time::timeout(
-            self.timeouts.change,
-            self.raft.change_membership(change, false),
-        )
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded("the membership change did not commit in time; retry")
-        })?
-        .map_err(write_error)?;
+        let raft = self.raft.clone();
+        let changing = tokio::spawn(async move { raft.change_membership(change, false).await });
+        let response = tokio::time::timeout(self.timeouts.change, changing)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(
+                    "the membership change did not commit in time; it goes on, retry to see it",
+                )
+            })?
+            .map_err(|e| Status::internal(format!("the membership change task failed: {e}")))?
+            .map_err(write_error)?;
         Ok(response.log_id.index)
     }
 }
