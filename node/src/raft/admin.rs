@@ -445,7 +445,8 @@ impl ClusterAdmin {
     /// timeout, or tonic cancelling the handler when the caller gives up — left the cluster
     /// in the joint config for good (every voter healthy, the operator "waiting for the
     /// membership change in flight to commit"). So the change runs as its own task, to the
-    /// end, and the caller only stops *waiting* for it.
+    /// end, and the caller only stops *waiting* for it. A leader change between the steps
+    /// strands it too; [`super::joint`] is the backstop for that case.
     async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, Status> {
         let raft = self.raft.clone();
         let changing = tokio::spawn(async move { raft.change_membership(change, false).await });

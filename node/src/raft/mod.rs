@@ -12,7 +12,8 @@
 //!   stream's deadline (idle streams are not broken ones).
 //! * [`commit_log`] — the client API's [`CommitLog`](crate::api::CommitLog) on Raft
 //!   (forwarding produces from followers to the leader).
-//! * [`admin`] — `admin.v1`: initialize, add/remove node, transfer leadership, status.
+//! * [`admin`] — `admin.v1`: initialize, add/remove node, transfer leadership, status;
+//!   [`joint`] finishes a membership change its leader abandoned between its two steps.
 //! * [`node`] — [`RaftNode`], the façade `lognode` wires.
 //!
 //! # Wiring (what `lognode` does)
@@ -49,6 +50,7 @@ pub mod commit_log;
 pub mod entry_codec;
 pub mod error;
 pub mod gossip_admin;
+mod joint;
 pub mod log_store;
 pub mod metrics_watch;
 pub mod network;

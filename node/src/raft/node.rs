@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use super::admin::{AdminService, AdminTimeouts, ClusterAdmin};
 use super::commit_log::{RaftCommitLog, publish_servers};
 use super::error::{RaftNodeError, Result};
+use super::joint;
 use super::log_store::{LogStore, blocking};
 use super::metrics_watch;
 use super::network::{Network, PeerChannels};
@@ -153,6 +154,9 @@ impl RaftNode {
         metrics: Metrics,
     ) -> Result<RaftNode> {
         let raft_config = Arc::new(config.raft_config()?);
+        // A live change takes its second step within a round trip of its commit; one that is
+        // still joint after several election timeouts was abandoned by a leader change.
+        let joint_grace = Duration::from_millis(raft_config.election_timeout_max * 3);
         let log_dir = config.data_dir.join(LOG_DIR);
         let state_dir = config.data_dir.join(STATE_DIR);
         let log_config = config.log.clone();
@@ -213,6 +217,11 @@ impl RaftNode {
             Duration::from_millis(100),
         )));
         tasks.push(tokio::spawn(publish_gauges(raft.clone(), metrics.clone())));
+        tasks.push(tokio::spawn(joint::finish_abandoned_joint_configs(
+            raft.clone(),
+            joint_grace,
+            metrics.clone(),
+        )));
         let (ready_tx, readiness) = watch::channel((false, "starting".to_owned()));
         tasks.push(tokio::spawn(publish_readiness(
             raft.clone(),

@@ -150,6 +150,7 @@ struct Inner {
     raft_applied_index: Gauge<u64, AtomicU64>,
     raft_is_leader: Gauge,
     raft_membership_size: Gauge<u64, AtomicU64>,
+    raft_joint_configs_finished: Counter,
     gossip_dropped: Family<ReasonLabels, Counter>,
     certificate_not_after: Family<CertificateLabels, Gauge>,
     consumed_records: Family<NodeLabels, Counter>,
@@ -236,6 +237,14 @@ impl Metrics {
             raft_membership_size.clone(),
         );
 
+        let raft_joint_configs_finished = Counter::default();
+        registry.register(
+            "raft_joint_configs_finished",
+            "Joint configurations this node, as leader, proposed to finish after the leader that \
+             began the change moved on (non-zero: leadership moved mid-change; repaired)",
+            raft_joint_configs_finished.clone(),
+        );
+
         let gossip_dropped = Family::<ReasonLabels, Counter>::default();
         for reason in GossipDropReason::ALL {
             // Create every series at 0, so `rate()` and alerts work before the first drop.
@@ -286,12 +295,18 @@ impl Metrics {
                 raft_applied_index,
                 raft_is_leader,
                 raft_membership_size,
+                raft_joint_configs_finished,
                 gossip_dropped,
                 certificate_not_after,
                 consumed_records,
                 log_stats,
             }),
         }
+    }
+
+    /// Counts one abandoned joint configuration this node proposed to finish (`raft::joint`).
+    pub fn record_joint_config_finished(&self) {
+        self.inner.raft_joint_configs_finished.inc();
     }
 
     /// Counts one finished RPC and its latency. `method` is the gRPC path without the leading

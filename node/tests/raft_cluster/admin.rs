@@ -1,15 +1,17 @@
 //! Membership changes and leadership transfer through `admin.v1`, as the operator calls them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
 use logcluster_api::admin_v1::{
     ClusterStatusRequest, InitializeRequest, Member, MemberRole, RemoveNodeRequest,
     TransferLeaderRequest,
 };
+use logcluster_node::raft::types::Node;
+use openraft::{EntryPayload, Membership, Precondition};
 use tonic::Code;
 
-use crate::support::{Cluster, Options, member_ids, produce, read_data, voter_ids};
+use crate::support::{Cluster, Options, member_ids, produce, read_data, voter_ids, wait_until};
 
 fn admin_client(cluster: &Cluster, i: usize) -> AdminClient<tonic::transport::Channel> {
     let channel = cluster
@@ -174,4 +176,56 @@ async fn initialize_is_idempotent_for_the_same_voters_and_refused_for_others() {
         .await
         .expect_err("other voters");
     assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+/// openraft proposes a change's second, uniform step from the leader that took the first one,
+/// and drops it when leadership moves in between (what the suite met: a returning node's
+/// election between the two steps of its own re-admission). The cluster is then left in the
+/// joint configuration, where the reconciler and the operator would wait for ever: the leader
+/// must finish it on its own. The joint configuration is appended directly, so nothing but the
+/// leader's own repair can take the second step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_abandoned_in_its_joint_configuration_is_finished_by_the_leader() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let new = cluster.add_node(3).await;
+    let raft = cluster.nodes[leader].raft().raft().clone();
+    let addr = cluster.nodes[new].addr.to_string();
+    raft.add_learner(3, Node::new(addr), true)
+        .await
+        .expect("learner added");
+
+    let observed = cluster.nodes[leader].metrics().membership_config.clone();
+    let nodes: BTreeMap<u64, Node> = observed
+        .membership()
+        .nodes()
+        .map(|(id, node)| (*id, node.clone()))
+        .collect();
+    let old: BTreeSet<u64> = (0..3).collect();
+    let voters: BTreeSet<u64> = (0..4).collect();
+    let joint = Membership::new(vec![old, voters.clone()], nodes).expect("joint membership");
+    let appended = raft
+        .append_membership(
+            joint,
+            EntryPayload::Blank,
+            [Precondition::LastMembershipLogId {
+                last_membership_log_id: *observed.log_id(),
+            }],
+        )
+        .await
+        .expect("joint configuration appended");
+
+    wait_until(&cluster, leader, |m| {
+        voter_ids(m) == voters
+            && m.membership_config.membership().get_joint_config().len() == 1
+            && m.membership_config.log_id().as_ref().map(|id| id.index)
+                > Some(appended.log_id.index)
+    })
+    .await;
+    let exposition = cluster.nodes[leader].prometheus.encode();
+    assert!(
+        exposition.contains("logcluster_raft_joint_configs_finished_total 1"),
+        "the leader counts the change it finished:\n{exposition}"
+    );
+    cluster.wait_all(|m| voter_ids(m) == voters).await;
 }

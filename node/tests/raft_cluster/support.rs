@@ -66,6 +66,8 @@ pub struct TestNode {
     pub id: u64,
     pub addr: SocketAddr,
     pub node: Option<RaftNode>,
+    /// The node's Prometheus registry (what `/metrics` would serve).
+    pub prometheus: Metrics,
     /// Stops the server; the `Closing` first ends the streams peers keep open.
     server: Option<(oneshot::Sender<()>, Closing, JoinHandle<()>)>,
 }
@@ -202,7 +204,8 @@ impl Cluster {
             catch_up: WAIT,
             change: WAIT,
         };
-        let node = RaftNode::start(config, tls.clone(), Metrics::new(id))
+        let prometheus = Metrics::new(id);
+        let node = RaftNode::start(config, tls.clone(), prometheus.clone())
             .await
             .expect("raft node starts");
         let incoming = tls_incoming(
@@ -235,6 +238,7 @@ impl Cluster {
             id,
             addr,
             node: Some(node),
+            prometheus,
             server: Some((stop, closing, task)),
         };
         match existing {

@@ -118,6 +118,18 @@ impl NodeProcess {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+
+    /// The last `lines` lines of the log that are not per-request access lines: what a failed
+    /// test needs (warnings, elections, membership changes) is otherwise drowned by the
+    /// workload's `rpc finished` lines.
+    pub fn log_tail_without_requests(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.contains(r#""message":"rpc finished""#))
+            .collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 /// The `lognode` binary built alongside the tests (`<target>/<profile>/lognode`).
@@ -443,10 +455,12 @@ impl ProcessCluster {
     pub async fn wait_for_voters(&self, count: usize, timeout: Duration) -> Result<()> {
         use logcluster_api::admin_v1::MemberRole;
         let deadline = Instant::now() + timeout;
+        let mut last_seen = String::from("no leader answered");
         loop {
             if let Some(leader) = self.leader().await
                 && let Ok(status) = self.status_of(leader).await
             {
+                last_seen = format!("leader {leader} last reported {status:?}");
                 let voters = status
                     .members
                     .iter()
@@ -465,7 +479,7 @@ impl ProcessCluster {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "the cluster did not reach {count} voters within {timeout:?}\n{}",
+                    "the cluster did not reach {count} voters within {timeout:?}; {last_seen}\n{}",
                     self.logs()
                 ));
             }
@@ -569,9 +583,9 @@ impl ProcessCluster {
             .enumerate()
             .map(|(i, n)| {
                 format!(
-                    "--- node {i} ({})\n{}",
+                    "--- node {i} ({}), last lines other than request lines\n{}",
                     n.log_path.display(),
-                    n.log_tail(30)
+                    n.log_tail_without_requests(30)
                 )
             })
             .collect::<Vec<_>>()
@@ -583,6 +597,15 @@ impl Drop for ProcessCluster {
     fn drop(&mut self) {
         for index in 0..self.nodes.len() {
             self.stop(index);
+        }
+        if std::thread::panicking() {
+            // A failed test keeps its nodes' logs and data for a post-mortem; the failure
+            // message names the directory.
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "kept the failed cluster's files in {}",
+                self.dir.path().display()
+            );
         }
     }
 }
