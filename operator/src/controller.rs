@@ -5,7 +5,8 @@
 //! One reconcile: make the certificates and the gossip key current, apply the ConfigMap and the
 //! Services, observe the StatefulSet and the Raft membership, decide the next scaling step
 //! ([`crate::scaling::decide`]), apply the StatefulSet with the decided replicas, take at most one
-//! admin step, apply the PodDisruptionBudget, then write the status (server-side apply on the
+//! admin step — or, when scaling is steady, one step of a rolling update ([`crate::rollout`]) —
+//! apply the PodDisruptionBudget, then write the status (server-side apply on the
 //! status subresource) and emit Events for what changed. With `spec.paused` it only observes and
 //! reports.
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -47,6 +48,7 @@ use crate::resources::pdb::{VoterCount, pdb};
 use crate::resources::secrets::gossip_secret;
 use crate::resources::services::{client_service, headless_service};
 use crate::resources::statefulset::{StatefulSetInputs, statefulset};
+use crate::rollout::{self, Step};
 use crate::scaling::{
     AdminAction, Decision, Membership, NodeId, Observed, Progress, Role, decide, execute, observe,
 };
@@ -710,6 +712,73 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
 
+    // A changed pod template: the operator rolls it out itself, leader last, while scaling is
+    // steady (the StatefulSet is `OnDelete`).
+    let mut progress = decision.progress.clone();
+    if progress == Progress::Steady && action_error.is_none() {
+        let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let pods = rollout::observe_pods(&pods_api, &names).await?;
+        let step = rollout::plan(&rollout::Observed {
+            update_revision: rollout::update_revision(&applied),
+            replicas: decision.replicas,
+            pods: &pods,
+            membership: &membership,
+        });
+        if step != Step::Done {
+            info!(%step, "rolling update");
+            progress = Progress::Working {
+                phase: ScalingPhase::RollingUpdate,
+                message: step.to_string(),
+            };
+        }
+        match &step {
+            Step::Evict { pod, .. } => {
+                if rollout::evict(&pods_api, pod).await? {
+                    publish(
+                        &ctx,
+                        &lc,
+                        EventType::Normal,
+                        "PodReplaced",
+                        "RollingUpdate",
+                        step.to_string(),
+                    )
+                    .await;
+                } else {
+                    progress = Progress::Working {
+                        phase: ScalingPhase::RollingUpdate,
+                        message: format!(
+                            "rolling update: the PodDisruptionBudget refused evicting {pod}; retrying"
+                        ),
+                    };
+                }
+            }
+            Step::TransferLeader { from, to } => {
+                let action = AdminAction::TransferLeader {
+                    from: *from,
+                    to: *to,
+                };
+                match execute(admin.as_ref(), action, Some(*from)).await {
+                    Ok(()) => {
+                        publish(
+                            &ctx,
+                            &lc,
+                            EventType::Normal,
+                            "LeadershipTransferred",
+                            "RollingUpdate",
+                            step.to_string(),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, %action, "leadership transfer before a pod replacement failed");
+                        action_error = Some(e);
+                    }
+                }
+            }
+            Step::Done | Step::Wait(_) => {}
+        }
+    }
+
     // PodDisruptionBudget from the voters (those with pods can be evicted).
     let voters = match &membership {
         Membership::Led(view) => {
@@ -781,7 +850,7 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
             desired,
             ready_replicas,
             membership: Some(membership.clone()),
-            progress: Some(decision.progress.clone()),
+            progress: Some(progress.clone()),
             certificates: Some(certificate_health(&certs)),
             volume_problem,
         },
@@ -796,7 +865,7 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
         return Err(e);
     }
 
-    let mut next = if decision.progress == Progress::Steady {
+    let mut next = if progress == Progress::Steady {
         ctx.resync
     } else {
         ctx.step_interval

@@ -560,6 +560,8 @@ pub enum ScalingPhase {
     ScalingDown,
     /// Waiting for the cluster (no leader, a membership change in flight, a node catching up).
     Waiting,
+    /// Replacing pods one at a time to run a changed pod template, the leader's pod last.
+    RollingUpdate,
     /// A step was refused because it would break the quorum.
     Blocked,
 }

@@ -4,7 +4,8 @@
 //! everything around it ([`resources`]), keeps their certificates current ([`certificates`]),
 //! scales the Raft cluster one member at a time through the nodes' admin API ([`scaling`],
 //! [`node_client`]) and reports what it sees ([`status`], [`metrics`], Events through
-//! [`events`]). [`controller`] wires it together; [`leader_election`] keeps two replicas from
+//! [`events`]), and rolls a changed pod template out itself, the leader's pod last
+//! ([`rollout`]). [`controller`] wires it together; [`leader_election`] keeps two replicas from
 //! acting at once; [`rbac`] lists exactly the permissions all of this needs.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod node_client;
 pub mod rbac;
 pub mod resources;
+pub mod rollout;
 pub mod scaling;
 pub mod status;
 pub mod units;

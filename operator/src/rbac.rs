@@ -58,6 +58,10 @@ pub fn rules() -> Vec<PolicyRule> {
             &["persistentvolumeclaims"],
             &["list", "patch", "delete"],
         ),
+        // Rolling updates: the operator finds pods on an old template and evicts them one at a
+        // time, leader last (the StatefulSet is `OnDelete`).
+        rule("", &["pods"], &["list"]),
+        rule("", &["pods/eviction"], &["create"]),
         // Events on LogClusters.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]

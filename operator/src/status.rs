@@ -322,6 +322,7 @@ fn phase_reason(phase: ScalingPhase) -> &'static str {
         ScalingPhase::ScalingUp => "ScalingUp",
         ScalingPhase::ScalingDown => "ScalingDown",
         ScalingPhase::Waiting => "Waiting",
+        ScalingPhase::RollingUpdate => "RollingUpdate",
         ScalingPhase::Blocked => "ScalingBlocked",
     }
 }

@@ -114,6 +114,14 @@ operator/src/rbac.rs `rules()`: a test compares them.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "patch", "delete"]
+# Rolling updates: find pods on an old template and evict them one at a time, leader last (the
+# StatefulSet is OnDelete).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["pods/eviction"]
+  verbs: ["create"]
 # Events on LogClusters.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -4,7 +4,9 @@
 //! so `OrderedReady` adds no safety for scaling — but it would deadlock a restart of the whole
 //! cluster: it starts pod 1 only once pod 0 is ready, and a node is ready only once a quorum has
 //! elected a leader, which needs the other pods. Parallel starts every pod at once so a quorum
-//! can form. Rolling updates still replace one pod at a time (`RollingUpdate`).
+//! can form. `updateStrategy: OnDelete`: a changed template is rolled out by the operator, one
+//! pod at a time and the leader's pod last ([`crate::rollout`]), not by the StatefulSet
+//! controller, which would take the pods from the highest ordinal down whatever their role.
 
 use std::collections::BTreeMap;
 
@@ -101,7 +103,7 @@ pub fn statefulset(
             },
             pod_management_policy: Some("Parallel".to_owned()),
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
+                type_: Some("OnDelete".to_owned()),
                 ..StatefulSetUpdateStrategy::default()
             }),
             persistent_volume_claim_retention_policy: Some(

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use logcluster_certs::{CertificateAuthority, CertificateRequest};
 use logcluster_tests::k8s::node::{self, KubeNode};
 use serde_yaml::Value;
@@ -403,6 +405,72 @@ fn wait_until_none_named(node: &KubeNode, args: &[&str], pattern: &str) -> Resul
 }
 
 /// The cluster's leader, as its status reports it.
+/// The operator's Events about `cluster` with `reason` and `action`, oldest first, as
+/// `(eventTime, note)`.
+fn operator_events(
+    node: &KubeNode,
+    namespace: &str,
+    cluster: &str,
+    reason: &str,
+    action: &str,
+) -> Result<Vec<(Timestamp, String)>> {
+    node.block_on(async {
+        let client = node.control_plane().kube_client().await?;
+        let events: Api<Event> = Api::namespaced(client, namespace);
+        let mut found: Vec<(Timestamp, String)> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.action.as_deref() == Some(action)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster)
+            })
+            .filter_map(|e| Some((e.event_time?.0, e.note.unwrap_or_default())))
+            .collect();
+        found.sort();
+        Ok(found)
+    })
+}
+
+/// The rolling update replaced every pod once, `leader`'s last, and moved leadership away from
+/// it (to a pod already replaced) before replacing it.
+fn ensure_leader_replaced_last(
+    node: &KubeNode,
+    namespace: &str,
+    cluster: &str,
+    leader: &str,
+) -> Result<()> {
+    let replaced = operator_events(node, namespace, cluster, "PodReplaced", "RollingUpdate")?;
+    let transfers = operator_events(
+        node,
+        namespace,
+        cluster,
+        "LeadershipTransferred",
+        "RollingUpdate",
+    )?;
+    let leader_pod = format!("pod {leader} ");
+    ensure!(
+        replaced.len() == 3,
+        "expected 3 pod replacements, the Events say {replaced:?}"
+    );
+    let (last_at, last) = &replaced[2];
+    ensure!(
+        last.contains(&leader_pod) && !replaced[..2].iter().any(|(_, n)| n.contains(&leader_pod)),
+        "the leader's pod {leader} was not replaced last: {replaced:?}"
+    );
+    let moved_before = transfers
+        .iter()
+        .any(|(at, _)| at > &replaced[1].0 && at < last_at);
+    ensure!(
+        moved_before,
+        "leadership did not move between the followers' replacements and the leader's: \
+         transfers {transfers:?}, replacements {replaced:?}"
+    );
+    Ok(())
+}
+
 pub(super) fn leader(node: &KubeNode, namespace: &str, cluster: &str) -> Result<String> {
     let leader = node.control_plane().kubectl_ok([
         "-n",
@@ -651,11 +719,15 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     wait_for_cluster(node, ns, cluster, 3)?;
     acked.extend(produce(node, ns, "demo-producer-killed", &["six"])?);
 
-    // A spec change that changes the pod template rolls the StatefulSet, one pod at a time,
-    // while producer pods keep writing; the client-visible failures are counted.
+    // A spec change that changes the pod template: the operator rolls it out itself (the
+    // StatefulSet is OnDelete), one pod at a time, the leader's pod last and only after
+    // leadership moved, while producer pods keep writing; client-visible failures are counted.
+    let rolled_leader = leader(node, ns, cluster)?;
     step(
         started,
-        "kubectl patch lc/demo (a pod annotation): a rolling update",
+        &format!(
+            "kubectl patch lc/demo (a pod annotation): a rolling update, {rolled_leader} leads"
+        ),
     );
     let revision = |field: &str| -> Result<String> {
         let out = cp.kubectl_ok([
@@ -683,8 +755,9 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     let deadline = Instant::now() + CLUSTER_PATIENCE;
     let (mut attempts, mut failures) = (0, Vec::new());
     loop {
+        // NB: an OnDelete StatefulSet never advances currentRevision; updatedReplicas counts
+        // the pods on updateRevision.
         let rolled = revision("updateRevision")? != old_revision
-            && revision("currentRevision")? == revision("updateRevision")?
             && revision("updatedReplicas")? == "3"
             && revision("readyReplicas")? == "3";
         if rolled {
@@ -716,6 +789,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         ),
     );
     wait_for_cluster(node, ns, cluster, 3)?;
+    ensure_leader_replaced_last(node, ns, cluster, &rolled_leader)?;
     acked.extend(produce(node, ns, "demo-producer-rolled", &["seven"])?);
 
     // Every acknowledged record, once, at its offset; nothing of the refused user.
