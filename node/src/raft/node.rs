@@ -110,6 +110,11 @@ impl RaftNodeConfig {
             // The committed id and the applied state are persisted lazily, so a restarted
             // leader must not resume leadership without an election.
             enable_leader_restore: Some(false),
+            // A node that cannot win — restarted on old data, partitioned, removed — first asks
+            // whether it would be elected, so it never raises its term and deposes a healthy
+            // leader (one such deposition between the two steps of a membership change is how a
+            // joint configuration got stranded; see `joint.rs`).
+            enable_pre_vote: Some(true),
             allow_log_reversion: Some(false),
             ..Config::default()
         };
@@ -133,6 +138,7 @@ pub struct RaftNode {
     vote_gate: Arc<VoteGate>,
     readiness: watch::Receiver<(bool, String)>,
     tasks: Vec<JoinHandle<()>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -273,6 +279,7 @@ impl RaftNode {
             vote_gate,
             readiness,
             tasks,
+            metrics,
         })
     }
 
@@ -290,6 +297,7 @@ impl RaftNode {
             access,
             Arc::clone(&self.vote_gate),
             closing,
+            self.metrics.clone(),
         )
         .into_server()
     }

@@ -21,6 +21,7 @@ use crate::api::AccessControl;
 use crate::api::access::action;
 use crate::api::backend::NewRecord;
 use crate::api::closing::{Closing, until_closed};
+use crate::telemetry::metrics::{Metrics, VoteKind};
 
 /// The peer API of a node.
 #[derive(Clone)]
@@ -30,6 +31,7 @@ pub struct RaftService {
     access: AccessControl,
     vote_gate: Arc<VoteGate>,
     closing: Closing,
+    metrics: Metrics,
 }
 
 impl RaftService {
@@ -39,6 +41,7 @@ impl RaftService {
         access: AccessControl,
         vote_gate: Arc<VoteGate>,
         closing: Closing,
+        metrics: Metrics,
     ) -> Self {
         RaftService {
             raft,
@@ -46,6 +49,7 @@ impl RaftService {
             access,
             vote_gate,
             closing,
+            metrics,
         }
     }
 
@@ -167,6 +171,8 @@ impl RaftApi for RaftService {
         let req = VoteRequest::from_pb(request.into_inner())?;
         self.check_vote_gate(&req)?;
         let resp = self.raft.vote(req).await.map_err(raft_error)?;
+        self.metrics
+            .record_vote_request(VoteKind::Vote, resp.vote_granted);
         Ok(Response::new(resp.to_pb()))
     }
 
@@ -178,6 +184,8 @@ impl RaftApi for RaftService {
         let req = VoteRequest::from_pb(request.into_inner())?;
         self.check_vote_gate(&req)?;
         let resp = self.raft.pre_vote(req).await.map_err(raft_error)?;
+        self.metrics
+            .record_vote_request(VoteKind::PreVote, resp.vote_granted);
         Ok(Response::new(resp.to_pb()))
     }
 

@@ -119,6 +119,30 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Which election request a node answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteKind {
+    /// A pre-vote: "would you elect me?", which changes nothing on either side.
+    PreVote,
+    /// A real vote request (the candidate has raised its term).
+    Vote,
+}
+
+impl VoteKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::PreVote => "pre_vote",
+            Self::Vote => "vote",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VoteLabels {
+    kind: &'static str,
+    granted: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertificateLabels {
     certificate: &'static str,
@@ -151,6 +175,7 @@ struct Inner {
     raft_is_leader: Gauge,
     raft_membership_size: Gauge<u64, AtomicU64>,
     raft_joint_configs_finished: Counter,
+    raft_vote_requests: Family<VoteLabels, Counter>,
     gossip_dropped: Family<ReasonLabels, Counter>,
     certificate_not_after: Family<CertificateLabels, Gauge>,
     consumed_records: Family<NodeLabels, Counter>,
@@ -245,6 +270,15 @@ impl Metrics {
             raft_joint_configs_finished.clone(),
         );
 
+        let raft_vote_requests = Family::<VoteLabels, Counter>::default();
+        registry.register(
+            "raft_vote_requests",
+            "Election requests this node answered, by kind (pre_vote, vote) and outcome; refused \
+             pre-votes are a node that would have disrupted the leader (partitioned, restarted \
+             on old data) and was kept from it",
+            raft_vote_requests.clone(),
+        );
+
         let gossip_dropped = Family::<ReasonLabels, Counter>::default();
         for reason in GossipDropReason::ALL {
             // Create every series at 0, so `rate()` and alerts work before the first drop.
@@ -296,6 +330,7 @@ impl Metrics {
                 raft_is_leader,
                 raft_membership_size,
                 raft_joint_configs_finished,
+                raft_vote_requests,
                 gossip_dropped,
                 certificate_not_after,
                 consumed_records,
@@ -307,6 +342,17 @@ impl Metrics {
     /// Counts one abandoned joint configuration this node proposed to finish (`raft::joint`).
     pub fn record_joint_config_finished(&self) {
         self.inner.raft_joint_configs_finished.inc();
+    }
+
+    /// Counts one election request this node answered.
+    pub fn record_vote_request(&self, kind: VoteKind, granted: bool) {
+        self.inner
+            .raft_vote_requests
+            .get_or_create(&VoteLabels {
+                kind: kind.as_str(),
+                granted: if granted { "true" } else { "false" },
+            })
+            .inc();
     }
 
     /// Counts one finished RPC and its latency. `method` is the gRPC path without the leading

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
 use logcluster_api::admin_v1::{
-    ClusterStatusRequest, InitializeRequest, Member, MemberRole, RemoveNodeRequest,
+    AddNodeRequest, ClusterStatusRequest, InitializeRequest, Member, MemberRole, RemoveNodeRequest,
     TransferLeaderRequest,
 };
 use logcluster_node::raft::types::Node;
@@ -228,4 +228,89 @@ async fn a_membership_change_abandoned_in_its_joint_configuration_is_finished_by
         "the leader counts the change it finished:\n{exposition}"
     );
     cluster.wait_all(|m| voter_ids(m) == voters).await;
+}
+
+/// Refused pre-votes node `i` answered (from its Prometheus exposition).
+fn refused_pre_votes(cluster: &Cluster, i: usize) -> u64 {
+    cluster.nodes[i]
+        .prometheus
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with("logcluster_raft_vote_requests_total{")
+                && l.contains(r#"kind="pre_vote""#)
+                && l.contains(r#"granted="false""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A voter removed while it was down comes back on its old data, in which it still votes: its
+/// election timer fires, since the leader no longer replicates to it. With pre-vote it first asks
+/// whether it would be elected, is refused, and never raises its term; without, its raised term
+/// deposed the leader as soon as it was re-added — the election that stranded a membership
+/// change in the suite (see `raft/joint.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_voter_back_on_old_data_never_deposes_the_leader() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let leader_id = cluster.nodes[leader].id;
+    let returning = (0..3).find(|i| *i != leader).expect("a follower");
+    let returning_id = cluster.nodes[returning].id;
+    let term = cluster.nodes[leader].metrics().current_term;
+    let returning_term = cluster.nodes[returning].metrics().current_term;
+    cluster.crash(returning).await;
+    admin_client(&cluster, leader)
+        .remove_node(RemoveNodeRequest {
+            node_id: returning_id,
+        })
+        .await
+        .expect("remove the crashed voter");
+    let others: Vec<usize> = (0..3).filter(|i| *i != returning).collect();
+    for i in &others {
+        wait_until(&cluster, *i, |m| !member_ids(m).contains(&returning_id)).await;
+    }
+
+    cluster.add_node(returning_id).await;
+    // Wait until the returning node has campaigned and been refused at least twice.
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    while others
+        .iter()
+        .map(|i| refused_pre_votes(&cluster, *i))
+        .sum::<u64>()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the returning node never asked for a pre-vote: {}",
+            cluster.nodes[returning].metrics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cluster.nodes[returning].metrics().current_term,
+        returning_term,
+        "a refused pre-vote raises no term"
+    );
+
+    // Back in: added and promoted, under the same leader in the same term.
+    let addr = cluster.nodes[returning].addr.to_string();
+    admin_client(&cluster, leader)
+        .add_node(AddNodeRequest {
+            node: Some(Member {
+                node_id: returning_id,
+                rpc_addr: addr,
+            }),
+            promote_to_voter: true,
+        })
+        .await
+        .expect("re-add the returning node");
+    let voters: BTreeSet<u64> = (0..3).collect();
+    cluster.wait_all(|m| voter_ids(m) == voters).await;
+    let now = cluster.nodes[leader].metrics();
+    assert_eq!(
+        (now.current_leader, now.current_term),
+        (Some(leader_id), term),
+        "the leader was never deposed"
+    );
 }
