@@ -715,68 +715,12 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
     // A changed pod template: the operator rolls it out itself, leader last, while scaling is
     // steady (the StatefulSet is `OnDelete`).
     let mut progress = decision.progress.clone();
-    if progress == Progress::Steady && action_error.is_none() {
-        let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        let pods = rollout::observe_pods(&pods_api, &names).await?;
-        let step = rollout::plan(&rollout::Observed {
-            update_revision: rollout::update_revision(&applied),
-            replicas: decision.replicas,
-            pods: &pods,
-            membership: &membership,
-        });
-        if step != Step::Done {
-            info!(%step, "rolling update");
-            progress = Progress::Working {
-                phase: ScalingPhase::RollingUpdate,
-                message: step.to_string(),
-            };
-        }
-        match &step {
-            Step::Evict { pod, .. } => {
-                if rollout::evict(&pods_api, pod).await? {
-                    publish(
-                        &ctx,
-                        &lc,
-                        EventType::Normal,
-                        "PodReplaced",
-                        "RollingUpdate",
-                        step.to_string(),
-                    )
-                    .await;
-                } else {
-                    progress = Progress::Working {
-                        phase: ScalingPhase::RollingUpdate,
-                        message: format!(
-                            "rolling update: the PodDisruptionBudget refused evicting {pod}; retrying"
-                        ),
-                    };
-                }
-            }
-            Step::TransferLeader { from, to } => {
-                let action = AdminAction::TransferLeader {
-                    from: *from,
-                    to: *to,
-                };
-                match execute(admin.as_ref(), action, Some(*from)).await {
-                    Ok(()) => {
-                        publish(
-                            &ctx,
-                            &lc,
-                            EventType::Normal,
-                            "LeadershipTransferred",
-                            "RollingUpdate",
-                            step.to_string(),
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, %action, "leadership transfer before a pod replacement failed");
-                        action_error = Some(e);
-                    }
-                }
-            }
-            Step::Done | Step::Wait(_) => {}
-        }
+    if progress == Progress::Steady
+        && action_error.is_none()
+        && let Some(rolling) =
+            rollout_step(&ctx, &lc, &names, &applied, &membership, admin.as_ref()).await?
+    {
+        progress = rolling;
     }
 
     // PodDisruptionBudget from the voters (those with pods can be evicted).
@@ -878,6 +822,85 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
         next = next.min(until + Duration::from_secs(1));
     }
     Ok(Action::requeue(next))
+}
+
+/// Takes one step of a rolling update ([`crate::rollout`]) and returns its progress, or `None`
+/// when every pod already runs the StatefulSet's current template.
+async fn rollout_step(
+    ctx: &Context,
+    lc: &LogCluster,
+    names: &ClusterNames,
+    sts: &StatefulSet,
+    membership: &Membership,
+    admin: &dyn NodeAdmin,
+) -> Result<Option<Progress>> {
+    if rollout::settled(sts) {
+        return Ok(None);
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let pods = rollout::observe_pods(&pods_api, names).await?;
+    let replicas = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0);
+    let step = rollout::plan(&rollout::Observed {
+        update_revision: rollout::update_revision(sts),
+        replicas,
+        pods: &pods,
+        membership,
+    });
+    let mut message = step.to_string();
+    match &step {
+        Step::Done => return Ok(None),
+        Step::Wait(_) => {}
+        Step::Evict { pod, .. } => {
+            if rollout::evict(&pods_api, pod).await? {
+                publish(
+                    ctx,
+                    lc,
+                    EventType::Normal,
+                    "PodReplaced",
+                    "RollingUpdate",
+                    message.clone(),
+                )
+                .await;
+            } else {
+                message = format!(
+                    "rolling update: the PodDisruptionBudget refused evicting {pod}; retrying"
+                );
+            }
+        }
+        Step::TransferLeader { from, to } => {
+            let action = AdminAction::TransferLeader {
+                from: *from,
+                to: *to,
+            };
+            match execute(admin, action, Some(*from)).await {
+                Ok(()) => {
+                    publish(
+                        ctx,
+                        lc,
+                        EventType::Normal,
+                        "LeadershipTransferred",
+                        "RollingUpdate",
+                        message.clone(),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    warn!(error = %e, %action, "leadership transfer before a pod replacement failed");
+                    message = format!("rolling update: {action} failed ({e}); retrying");
+                }
+            }
+        }
+    }
+    info!(%message, "rolling update");
+    Ok(Some(Progress::Working {
+        phase: ScalingPhase::RollingUpdate,
+        message,
+    }))
 }
 
 /// Paused: observe and report, change nothing.

@@ -210,6 +210,16 @@ pub fn update_revision(sts: &StatefulSet) -> Option<&str> {
     status.update_revision.as_deref()
 }
 
+/// No roll is under way, by the StatefulSet's own status: every pod it has runs `updateRevision`
+/// (or its controller has not seen the current spec yet). Saves listing the pods on every
+/// reconcile of a steady cluster.
+pub fn settled(sts: &StatefulSet) -> bool {
+    let Some(status) = sts.status.as_ref() else {
+        return true;
+    };
+    update_revision(sts).is_none() || status.updated_replicas.unwrap_or(0) >= status.replicas
+}
+
 /// The StatefulSet's pods (by its selector), with their ordinals parsed from their names.
 pub async fn observe_pods(pods: &Api<Pod>, names: &ClusterNames) -> Result<Vec<PodView>> {
     let listed = pods

@@ -178,3 +178,31 @@ fn unhealthy_voters_stop_the_roll_before_the_leader_is_moved() {
     // Unhealthy voters stop the roll before the transfer is even considered.
     assert!(matches!(step(&pods, &Membership::Led(view)), Step::Wait(_)));
 }
+
+fn statefulset(generation: i64, observed: i64, replicas: i32, updated: i32) -> StatefulSet {
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    let mut sts = StatefulSet::default();
+    sts.metadata.generation = Some(generation);
+    sts.status = Some(StatefulSetStatus {
+        observed_generation: Some(observed),
+        replicas,
+        updated_replicas: Some(updated),
+        update_revision: Some(NEW.to_owned()),
+        ..StatefulSetStatus::default()
+    });
+    sts
+}
+
+#[test]
+fn the_statefulset_status_tells_when_no_pod_needs_listing() {
+    assert!(settled(&statefulset(4, 4, 3, 3)), "every pod updated");
+    assert!(
+        !settled(&statefulset(4, 4, 3, 2)),
+        "one pod on an old revision"
+    );
+    assert_eq!(update_revision(&statefulset(4, 4, 3, 2)), Some(NEW));
+    // The controller has not seen generation 5: its updateRevision is the previous template's.
+    assert!(settled(&statefulset(5, 4, 3, 3)));
+    assert_eq!(update_revision(&statefulset(5, 4, 3, 3)), None);
+    assert!(settled(&StatefulSet::default()), "no status yet");
+}

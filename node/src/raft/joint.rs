@@ -22,6 +22,7 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 
+use super::metrics_watch;
 use super::types::{LogId, Raft, TypeConfig};
 use crate::telemetry::metrics::Metrics;
 
@@ -53,22 +54,14 @@ pub(crate) async fn finish_abandoned_joint_configs(raft: Raft, grace: Duration, 
                 return;
             }
         };
-        // It must stay exactly that for the grace period (same entry, still leading).
-        let settled = tokio::time::timeout(grace, async {
-            loop {
-                if watch.changed().await.is_err() {
-                    return false;
-                }
-                if abandoned_joint(&watch.borrow_and_update()).as_ref() != Some(&joint) {
-                    return true;
-                }
-            }
+        // It must stay exactly that for the grace period (same entry, still leading). A change
+        // within it is a live change taking its second step, or a lost leadership.
+        let changed = metrics_watch::wait_until(&raft, grace, |m| {
+            abandoned_joint(m).as_ref() != Some(&joint)
         })
         .await;
-        match settled {
-            Ok(true) => continue,
-            Ok(false) => return,
-            Err(_elapsed) => {}
+        if changed.is_ok() {
+            continue;
         }
         tracing::warn!(
             membership_log_index = joint.index,

@@ -112,23 +112,13 @@ impl NodeProcess {
         self.process.as_ref().map(ChildProcess::pid)
     }
 
-    /// The node's log output so far (for failure messages).
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
     /// The last `lines` lines of the log that are not per-request access lines: what a failed
     /// test needs (warnings, elections, membership changes) is otherwise drowned by the
     /// workload's `rpc finished` lines.
     pub fn log_tail_without_requests(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.contains(r#""message":"rpc finished""#))
-            .collect();
-        kept[kept.len().saturating_sub(lines)..].join("\n")
+        crate::k8s::process::log_tail_where(&self.log_path, lines, |line| {
+            !line.contains(r#""message":"rpc finished""#)
+        })
     }
 }
 

@@ -31,7 +31,7 @@ mod http;
 pub mod node;
 mod node_config;
 pub mod pki;
-mod process;
+pub(crate) mod process;
 mod provisioner;
 mod shared;
 pub mod tools;

@@ -98,9 +98,14 @@ impl Drop for ChildProcess {
 
 /// The last `lines` lines of a log file (empty if it cannot be read).
 pub fn log_tail(path: &Path, lines: usize) -> String {
+    log_tail_where(path, lines, |_| true)
+}
+
+/// The last `lines` lines of a log file that `keep` accepts (empty if it cannot be read).
+pub(crate) fn log_tail_where(path: &Path, lines: usize, keep: impl Fn(&str) -> bool) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let kept: Vec<&str> = text.lines().filter(|line| keep(line)).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
 }
 
 fn signal_group(pid: u32, signal: libc::c_int) {
