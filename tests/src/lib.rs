@@ -4,8 +4,10 @@
 //! * [`history`] — the client-side history and the P1–P8 checker.
 //! * [`http`] — a plain GET for health and metrics ports.
 //! * [`k8s`] — a real etcd + kube-apiserver control plane on loopback (tier 5 of TESTING.md).
+//! * [`read_back`] — what one node holds as committed, for the checker.
 
 pub mod cluster;
 pub mod history;
 pub mod http;
 pub mod k8s;
+pub mod read_back;

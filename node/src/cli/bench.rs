@@ -327,13 +327,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchSummary> {
 }
 
 async fn connect_new(connect: &ConnectArgs, addr: &str) -> Result<Channel> {
-    let tls = connect.tls()?;
-    let client = logcluster_api::LogClient::connect(logcluster_api::ClientConfig::new(
-        vec![addr.to_owned()],
-        tls,
-    ))
-    .await
-    .map_err(explain)?;
+    let client = logcluster_api::LogClient::connect(connect.config(vec![addr.to_owned()])?)
+        .await
+        .map_err(explain)?;
     client.channel(addr).await.map_err(explain)
 }
 

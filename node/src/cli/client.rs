@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::StreamExt;
+use logcluster_api::client::parse_connect_to;
 use logcluster_api::log_v1::{Record, ServerRole};
 use logcluster_api::{ClientConfig, ClientError, ClientTls, LogClient};
 
@@ -34,6 +35,12 @@ pub struct ConnectArgs {
     /// Verify servers against this name instead of the host dialed.
     #[arg(long, env = "LOGCLUSTER_SERVER_NAME")]
     pub server_name: Option<String>,
+    /// Dial a server somewhere other than the address it advertises, still checking its
+    /// certificate against the advertised name: `ADVERTISED_HOST:PORT=DIAL_HOST:PORT`
+    /// (repeatable), e.g. `demo-0.demo-nodes.default.svc.cluster.local:8400=127.0.0.1:18400`
+    /// through a `kubectl port-forward` per pod.
+    #[arg(long = "connect-to", value_name = "ADVERTISED=DIAL")]
+    pub connect_to: Vec<String>,
     /// How long a call keeps retrying through elections and failovers.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub retry_deadline: Duration,
@@ -69,10 +76,17 @@ impl ConnectArgs {
         })
     }
 
+    /// The client's settings from these flags.
+    pub fn config(&self, seeds: Vec<String>) -> Result<ClientConfig> {
+        let mut config = ClientConfig::new(seeds, self.tls()?);
+        config.retry_deadline = self.retry_deadline;
+        config.connect_to = parse_connect_to(&self.connect_to).map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+
     /// A connected client.
     pub async fn connect(&self) -> Result<LogClient> {
-        let mut config = ClientConfig::new(self.addrs.clone(), self.tls()?);
-        config.retry_deadline = self.retry_deadline;
+        let config = self.config(self.addrs.clone())?;
         LogClient::connect(config)
             .await
             .with_context(|| format!("connecting to {}", self.addrs.join(", ")))

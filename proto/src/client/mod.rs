@@ -15,6 +15,7 @@
 //!   last and writes go elsewhere (a follower forwards to the leader or names it), so a stale
 //!   leader does not cost every call a timeout.
 
+mod connect_to;
 mod error;
 mod tls;
 
@@ -28,6 +29,8 @@ use futures::Stream;
 use tokio::sync::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
 
+use connect_to::host_of;
+pub use connect_to::{ConnectTo, parse_connect_to};
 pub use error::ClientError;
 use error::{StatusInfo, is_connect_failure};
 pub use tls::ClientTls;
@@ -53,6 +56,9 @@ pub struct ClientConfig {
     pub refresh_interval: Duration,
     /// Read from followers (spreads load; they serve only committed records).
     pub read_from_followers: bool,
+    /// Where to dial servers whose advertised addresses this client cannot reach as they are
+    /// (certificates are still checked against the advertised names).
+    pub connect_to: ConnectTo,
 }
 
 impl ClientConfig {
@@ -66,6 +72,7 @@ impl ClientConfig {
             retry_deadline: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(10),
             read_from_followers: true,
+            connect_to: ConnectTo::direct(),
         }
     }
 }
@@ -171,20 +178,19 @@ impl LogClient {
         }
         let connect_timeout = self.shared.config.connect_timeout;
         let request_timeout = self.shared.config.request_timeout;
-        let endpoint = Endpoint::from_shared(uri_for(addr))
+        // Looked up on every new connection: a mapped server may have moved since.
+        let (dial, tls) = match self.shared.config.connect_to.dial(addr) {
+            Some(dial) => (dial, self.shared.config.tls.tonic_config_for(host_of(addr))),
+            None => (addr.to_owned(), self.shared.config.tls.tonic_config()),
+        };
+        let endpoint = Endpoint::from_shared(uri_for(&dial))
             .map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?
             // The handshake timeout also bounds the handshakes of reconnections, which happen
             // inside the channel (tonic's `connect_timeout` covers only TCP).
-            .tls_config(
-                self.shared
-                    .config
-                    .tls
-                    .tonic_config()
-                    .timeout(connect_timeout),
-            )
+            .tls_config(tls.timeout(connect_timeout))
             .map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_owned(),
                 reason: e.to_string(),

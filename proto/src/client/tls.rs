@@ -69,13 +69,24 @@ impl ClientTls {
         &self.cert_pem
     }
 
-    pub(crate) fn tonic_config(&self) -> ClientTlsConfig {
-        let config = ClientTlsConfig::new()
+    fn base_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+
+    /// Verifies a server against the host dialed (or the name set by `with_server_name`).
+    pub(crate) fn tonic_config(&self) -> ClientTlsConfig {
         match &self.server_name {
-            Some(name) => config.domain_name(name.clone()),
-            None => config,
+            Some(name) => self.base_config().domain_name(name.clone()),
+            None => self.base_config(),
         }
+    }
+
+    /// Verifies a server against `advertised` (or the name set by `with_server_name`), whatever
+    /// address is dialed.
+    pub(crate) fn tonic_config_for(&self, advertised: &str) -> ClientTlsConfig {
+        let name = self.server_name.as_deref().unwrap_or(advertised);
+        self.base_config().domain_name(name.to_owned())
     }
 }

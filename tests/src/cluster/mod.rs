@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
 use logcluster_api::admin_v1::{ClusterStatusRequest, ClusterStatusResponse};
-use logcluster_api::log_v1::ConsumeRequest;
-use logcluster_api::log_v1::log_client::LogClient as RawClient;
 use logcluster_api::{ClientConfig, ClientTls, LogClient};
 use tonic::transport::Channel;
 
 use crate::history::NodeLog;
 use crate::k8s::ChildProcess;
+use crate::read_back;
 pub use pki::ClusterPki;
 pub use workload::{Workload, outcome_of};
 
@@ -479,33 +478,7 @@ impl ProcessCluster {
 
     /// Every committed data record node `index` holds, read from it alone.
     pub async fn read_all_from(&self, index: usize) -> Result<NodeLog> {
-        let end = self.committed_end_of(index).await?;
-        let mut client = RawClient::new(self.channel_to(index).await?);
-        let mut stream = client
-            .consume_stream(ConsumeRequest {
-                offset: 0,
-                end_offset: end,
-            })
-            .await
-            .map_err(|s| format!("node {index}: {s}"))?
-            .into_inner();
-        let mut records = Vec::new();
-        while let Some(message) = stream
-            .message()
-            .await
-            .map_err(|s| format!("node {index}: {s}"))?
-        {
-            if let Some(record) = message.record {
-                records.push((
-                    record.offset,
-                    String::from_utf8_lossy(&record.value).into_owned(),
-                ));
-            }
-        }
-        Ok(NodeLog {
-            node: format!("node-{index}"),
-            records,
-        })
+        read_back::committed_records(self.channel_to(index).await?, &format!("node-{index}")).await
     }
 
     /// Waits until every running node has applied everything the leader has committed. Until
@@ -550,20 +523,7 @@ impl ProcessCluster {
 
     /// The offset after the last entry node `index` serves as committed.
     pub async fn committed_end_of(&self, index: usize) -> Result<u64> {
-        let mut client = RawClient::new(self.channel_to(index).await?);
-        match client
-            .consume(ConsumeRequest {
-                offset: u64::MAX,
-                end_offset: 0,
-            })
-            .await
-        {
-            Err(status) => tonic_types::StatusExt::get_error_details(&status)
-                .error_info()
-                .and_then(|info| info.metadata.get("next_offset")?.parse().ok())
-                .ok_or_else(|| format!("node {index}: {status}")),
-            Ok(_) => Err("a record at u64::MAX".into()),
-        }
+        read_back::committed_end(self.channel_to(index).await?, &format!("node {index}")).await
     }
 
     /// The last lines of every node's log, for failure messages.

@@ -215,6 +215,25 @@ impl KubeNode {
         in_network_of(self.ns_pid, f)
     }
 
+    /// A multi-threaded runtime whose threads are all in the node's network, for work that runs
+    /// in the background while the test drives the cluster (a produce workload during scaling).
+    /// Only what it [`NodeRuntime::spawn`]s runs in the node's network.
+    pub fn runtime(&self) -> io::Result<NodeRuntime> {
+        let ns_pid = self.ns_pid;
+        let runtime = in_network_of(ns_pid, || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .on_thread_start(move || {
+                    if let Err(e) = enter_network_of(ns_pid) {
+                        eprintln!("kube node: a runtime thread could not join: {e}");
+                    }
+                })
+                .build()
+        })?;
+        Ok(NodeRuntime { runtime })
+    }
+
     /// Runs `future` to completion on a new multi-threaded runtime whose threads are all in the
     /// node's network: kube clients, gRPC clients to pods and Services work from it.
     pub fn block_on<F>(&self, future: F) -> F::Output
@@ -949,5 +968,35 @@ mod tests {
     #[test]
     fn shell_quote_survives_quotes() {
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+}
+
+/// A tokio runtime in the node's network (see [`KubeNode::runtime`]).
+pub struct NodeRuntime {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl NodeRuntime {
+    /// Starts `future` on the runtime's threads.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(future)
+    }
+
+    /// Runs `future` on the runtime's threads and waits for it here (the calling thread stays
+    /// where it is: only the runtime's threads are in the node's network).
+    pub fn run<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.runtime.block_on(self.runtime.spawn(future)) {
+            Ok(output) => output,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a task on the node's runtime was cancelled: {e}"),
+        }
     }
 }
