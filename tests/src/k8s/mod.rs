@@ -31,6 +31,7 @@ mod http;
 pub mod node;
 mod node_config;
 pub mod pki;
+pub mod pod_client;
 pub(crate) mod process;
 mod provisioner;
 mod shared;

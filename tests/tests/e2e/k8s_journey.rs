@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -18,8 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
+use logcluster_api::{ClientConfig, LogClient};
 use logcluster_certs::{CertificateAuthority, CertificateRequest};
-use logcluster_tests::k8s::node::{self, KubeNode};
+use logcluster_tests::cluster::Workload;
+use logcluster_tests::history::{History, Summary, check};
+use logcluster_tests::k8s::node::{self, KubeNode, NodeRuntime};
+use logcluster_tests::k8s::pod_client::{self, PodAddresses};
 use serde_yaml::Value;
 
 use super::k8s_node::wait_for_jsonpath;
@@ -471,6 +475,113 @@ fn ensure_leader_replaced_last(
     Ok(())
 }
 
+/// Producers and a live consumer in the test process, on the node's network, writing to a
+/// LogCluster through the Rust client while the journey scales it and kills its pods.
+struct Load {
+    runtime: NodeRuntime,
+    config: ClientConfig,
+    // Kept for the client's address map while the workload runs.
+    _addresses: PodAddresses,
+    workload: Option<Workload>,
+    history: Arc<History>,
+    namespace: String,
+    cluster: String,
+}
+
+/// Producers of the journey's workload (each has one produce in flight).
+const LOAD_PRODUCERS: u32 = 3;
+/// Produces that must be acknowledged after each fault, all invoked after it ended.
+const ACKS_AFTER_A_FAULT: usize = 20;
+
+impl Load {
+    fn start(node: &'static KubeNode, namespace: &str, cluster: &str) -> Result<Self> {
+        let runtime = node.runtime().context("a runtime on the node's network")?;
+        let cp = node.control_plane();
+        let kube = runtime.run(async move { cp.kube_client().await })?;
+        let (ns, name) = (namespace.to_owned(), cluster.to_owned());
+        let (addresses, config) = runtime
+            .run(async move {
+                let addresses = PodAddresses::watch(kube.clone(), &ns, &name);
+                let nodes: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
+                addresses.wait_for(&nodes, POD_PATIENCE).await?;
+                let tls = pod_client::user_tls(kube, &ns, &format!("{name}-user-app")).await?;
+                let seeds = (0..3)
+                    .map(|i| pod_client::advertised(&name, &ns, i))
+                    .collect();
+                let mut config = ClientConfig::new(seeds, tls);
+                config.connect_to = addresses.connect_to();
+                Ok::<_, String>((addresses, config))
+            })
+            .map_err(anyhow::Error::msg)?;
+        let connect = config.clone();
+        let workload = runtime
+            .run(async move {
+                let client = LogClient::connect(connect).await?;
+                Ok::<_, logcluster_api::ClientError>(Workload::start(&client, LOAD_PRODUCERS, true))
+            })
+            .context("connecting the workload's client")?;
+        let history = Arc::clone(workload.history());
+        Ok(Load {
+            runtime,
+            config,
+            _addresses: addresses,
+            workload: Some(workload),
+            history,
+            namespace: namespace.to_owned(),
+            cluster: cluster.to_owned(),
+        })
+    }
+
+    /// After a fault healed: produces invoked from now on are acknowledged again (bounded).
+    fn keeps_acknowledging(&self, after: &str) -> Result<()> {
+        let since = self.history.now();
+        let deadline = Instant::now() + CLUSTER_PATIENCE;
+        loop {
+            let acked = self.history.acked_invoked_since(since);
+            if acked >= ACKS_AFTER_A_FAULT {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "after {after}, only {acked} of {ACKS_AFTER_A_FAULT} produces were acknowledged \
+                 within {CLUSTER_PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the workload and checks its history against the logs of `pods`, each read from
+    /// that pod alone once they all serve the same committed end.
+    fn check(mut self, pods: &[String]) -> Result<Summary> {
+        let workload = self
+            .workload
+            .take()
+            .context("the workload was stopped before")?;
+        let config = self.config.clone();
+        let nodes: Vec<String> = (0..pods.len())
+            .map(|i| pod_client::advertised(&self.cluster, &self.namespace, i))
+            .collect();
+        let (operations, seen, logs) = self
+            .runtime
+            .run(async move {
+                let (history, seen) = workload.stop().await;
+                pod_client::wait_converged(&config, &nodes, CLUSTER_PATIENCE).await?;
+                let logs = pod_client::read_every_node(&config, &nodes).await?;
+                Ok::<_, String>((history.operations(), seen, logs))
+            })
+            .map_err(anyhow::Error::msg)?;
+        let summary = check(&operations, &logs, seen.as_deref()).map_err(|violations| {
+            let listed: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("the workload's history violates:\n{}", listed.join("\n"))
+        })?;
+        ensure!(
+            summary.acked > 0,
+            "the workload had no produce acknowledged: {summary:?}"
+        );
+        Ok(summary)
+    }
+}
+
 pub(super) fn leader(node: &KubeNode, namespace: &str, cluster: &str) -> Result<String> {
     let leader = node.control_plane().kubectl_ok([
         "-n",
@@ -598,10 +709,17 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         "mallory's produce {phase}: {refused}"
     );
 
+    // From here to the killed container, producers in the test process write all the time
+    // (on the node's network, dialing the pods by IP) and a consumer follows the log; the
+    // history they record is checked against every node's log at the end (P1–P7).
+    step(started, "a produce workload from the test process");
+    let load = Load::start(node, ns, cluster)?;
+
     // Scaling up adds voters one at a time; every acknowledged record stays.
     step(started, "kubectl scale lc/demo --replicas=5");
     cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=5"])?;
     wait_for_cluster(node, ns, cluster, 5)?;
+    load.keeps_acknowledging("scaling to 5")?;
     let servers = run_client_ok(node, ns, "demo-servers-5", &["servers"])?;
     for pod in pods(5) {
         ensure!(
@@ -617,12 +735,14 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     step(started, &format!("kubectl delete pod {lost} (the leader)"));
     cp.kubectl_ok(["-n", ns, "delete", "pod", &lost])?;
     wait_for_cluster(node, ns, cluster, 5)?;
+    load.keeps_acknowledging("the leader's pod deleted")?;
     acked.extend(produce(node, ns, "demo-producer-failover", &["five"])?);
 
     // Scaling back down removes the last two voters before their pods; the log is whole.
     step(started, "kubectl scale lc/demo --replicas=3");
     cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
     wait_for_cluster(node, ns, cluster, 3)?;
+    load.keeps_acknowledging("scaling to 3")?;
     let servers = run_client_ok(node, ns, "demo-servers-3", &["servers"])?;
     for gone in ["demo-3", "demo-4"] {
         ensure!(
@@ -664,6 +784,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     acked.extend(produce(node, ns, "demo-producer-4", &["four-again"])?);
     cp.kubectl_ok(["-n", ns, "scale", "lc/demo", "--replicas=3"])?;
     wait_for_cluster(node, ns, cluster, 3)?;
+    load.keeps_acknowledging("scaling onto the retained volume and back")?;
 
     // The PodDisruptionBudget keeps a quorum: with three healthy voters one pod may be
     // evicted; while it is gone, evicting another is refused by the API server.
@@ -682,6 +803,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     // The evicted pod comes back (the budget counts it healthy again) and rejoins.
     wait_for_jsonpath(node, ns, "pdb/demo", budget, "1/3/3/1", CLUSTER_PATIENCE)?;
     wait_for_cluster(node, ns, cluster, 3)?;
+    load.keeps_acknowledging("an eviction")?;
 
     // A container killed in place (not its pod): the kubelet restarts it, the node rejoins
     // as the same member with its volume, and the cluster keeps every record.
@@ -717,6 +839,10 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         POD_PATIENCE,
     )?;
     wait_for_cluster(node, ns, cluster, 3)?;
+    load.keeps_acknowledging("the leader's container killed")?;
+    step(started, "the workload's history against every node's log");
+    let summary = load.check(&pods(3))?;
+    step(started, &format!("history checked: {summary:?}"));
     acked.extend(produce(node, ns, "demo-producer-killed", &["six"])?);
 
     // A spec change that changes the pod template: the operator rolls it out itself (the
