@@ -21,7 +21,7 @@ use kube::api::{ListParams, PostParams};
 use logcluster_api::{ClientConfig, LogClient};
 use logcluster_certs::{CertificateAuthority, CertificateRequest};
 use logcluster_tests::cluster::Workload;
-use logcluster_tests::history::{History, Summary, check};
+use logcluster_tests::history::{History, Outcome, Summary, check};
 use logcluster_tests::k8s::node::{self, KubeNode, NodeRuntime};
 use logcluster_tests::k8s::pod_client::{self, PodAddresses};
 use serde_yaml::Value;
@@ -488,6 +488,14 @@ struct Load {
     cluster: String,
 }
 
+/// How a window of the workload's produces ended: what a client saw.
+#[derive(Debug, Default)]
+struct Outcomes {
+    acked: usize,
+    failed: usize,
+    indeterminate: usize,
+}
+
 /// Producers of the journey's workload (each has one produce in flight).
 const LOAD_PRODUCERS: u32 = 3;
 /// Produces that must be acknowledged after each fault, all invoked after it ended.
@@ -530,6 +538,27 @@ impl Load {
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
         })
+    }
+
+    /// The workload's clock.
+    fn now(&self) -> Duration {
+        self.history.now()
+    }
+
+    /// How the produces invoked since `since` ended so far.
+    fn outcomes_invoked_since(&self, since: Duration) -> Outcomes {
+        let mut outcomes = Outcomes::default();
+        for op in self.history.operations() {
+            if op.invoked < since {
+                continue;
+            }
+            match op.outcome {
+                Outcome::Acked(_) => outcomes.acked += 1,
+                Outcome::Failed => outcomes.failed += 1,
+                Outcome::Indeterminate => outcomes.indeterminate += 1,
+            }
+        }
+        outcomes
     }
 
     /// After a fault healed: produces invoked from now on are acknowledged again (bounded).
@@ -709,8 +738,8 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         "mallory's produce {phase}: {refused}"
     );
 
-    // From here to the killed container, producers in the test process write all the time
-    // (on the node's network, dialing the pods by IP) and a consumer follows the log; the
+    // From here to the end of the rolling update, producers in the test process write all the
+    // time (on the node's network, dialing the pods by IP) and a consumer follows the log; the
     // history they record is checked against every node's log at the end (P1–P7).
     step(started, "a produce workload from the test process");
     let load = Load::start(node, ns, cluster)?;
@@ -840,9 +869,6 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     )?;
     wait_for_cluster(node, ns, cluster, 3)?;
     load.keeps_acknowledging("the leader's container killed")?;
-    step(started, "the workload's history against every node's log");
-    let summary = load.check(&pods(3))?;
-    step(started, &format!("history checked: {summary:?}"));
     acked.extend(produce(node, ns, "demo-producer-killed", &["six"])?);
 
     // A spec change that changes the pod template: the operator rolls it out itself (the
@@ -868,6 +894,7 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
         Ok(out.trim().to_owned())
     };
     let old_revision = revision("updateRevision")?;
+    let roll_began = load.now();
     cp.kubectl_ok([
         "-n",
         ns,
@@ -914,8 +941,17 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
             failures.len()
         ),
     );
+    let during_roll = load.outcomes_invoked_since(roll_began);
+    step(
+        started,
+        &format!("the workload during the rolling update: {during_roll:?}"),
+    );
     wait_for_cluster(node, ns, cluster, 3)?;
     ensure_leader_replaced_last(node, ns, cluster, &rolled_leader)?;
+    load.keeps_acknowledging("the rolling update")?;
+    step(started, "the workload's history against every node's log");
+    let summary = load.check(&pods(3))?;
+    step(started, &format!("history checked: {summary:?}"));
     acked.extend(produce(node, ns, "demo-producer-rolled", &["seven"])?);
 
     // Every acknowledged record, once, at its offset; nothing of the refused user.
