@@ -132,6 +132,32 @@ async fn bounded<T>(
         })
 }
 
+/// An error and its sources as one line. Many errors repeat their source's message in their
+/// own (`tcp connect error: Connection refused` caused by `Connection refused`): a message the
+/// next one starts with, or one already said, is left out.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut messages = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(inner) = source {
+        messages.push(inner.to_string());
+        source = inner.source();
+    }
+    let mut line = String::new();
+    for (i, message) in messages.iter().enumerate() {
+        let repeated_next = messages
+            .get(i + 1)
+            .is_some_and(|next| next.starts_with(message.as_str()));
+        if repeated_next || line.contains(message.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(message);
+    }
+    line
+}
+
 fn uri_for(addr: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.replacen("http://", "https://", 1)
@@ -203,16 +229,7 @@ impl LogClient {
             .keep_alive_timeout(request_timeout);
         let connected = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
             Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(e)) => {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(inner) = source {
-                    text.push_str(": ");
-                    text.push_str(&inner.to_string());
-                    source = inner.source();
-                }
-                Err(text)
-            }
+            Ok(Err(e)) => Err(error_chain(&e)),
             Err(_) => Err(format!("connecting took longer than {connect_timeout:?}")),
         };
         let channel = match connected {
@@ -309,6 +326,12 @@ impl LogClient {
         for addr in &order {
             let channel = match self.channel(addr).await {
                 Ok(channel) => channel,
+                Err(ClientError::NoServerReachable {
+                    last_error: why, ..
+                }) => {
+                    last_error = format!("{addr}: {why}");
+                    continue;
+                }
                 Err(e) => {
                     last_error = e.to_string();
                     continue;
@@ -737,6 +760,41 @@ fn tokio_stream_from<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Chained(&'static str, Option<Box<Chained>>);
+
+    impl std::fmt::Display for Chained {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chained {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_thing_once() {
+        let error = Chained(
+            "transport error",
+            Some(Box::new(Chained(
+                "tcp connect error",
+                Some(Box::new(Chained(
+                    "tcp connect error: Connection refused",
+                    Some(Box::new(Chained("Connection refused", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&error),
+            "transport error: tcp connect error: Connection refused"
+        );
+        let plain = Chained("a", Some(Box::new(Chained("b", None))));
+        assert_eq!(error_chain(&plain), "a: b");
+    }
 
     #[test]
     fn suspect_addresses_go_last_in_their_order() {

@@ -41,18 +41,24 @@ fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
     found
 }
 
-fn logctl(dir: &Path, args: &[&str]) -> String {
+/// Runs logctl against the dev cluster (its addresses and certificates in the environment).
+fn logctl_output(dir: &Path, args: &[&str]) -> std::process::Output {
     let addrs: Vec<String> = (1..=3)
         .map(|i| format!("127.0.{SUBNET}.{i}:8400"))
         .collect();
-    let output = Command::new(logctl_binary().expect("logctl"))
+    Command::new(logctl_binary().expect("logctl"))
         .args(args)
         .env("LOGCLUSTER_ADDR", addrs.join(","))
         .env("LOGCLUSTER_CA", dir.join("certs/ca.pem"))
         .env("LOGCLUSTER_CERT", dir.join("certs/dev.pem"))
         .env("LOGCLUSTER_KEY", dir.join("certs/dev-key.pem"))
         .output()
-        .expect("run logctl");
+        .expect("run logctl")
+}
+
+/// Runs logctl, which must succeed; returns its standard output.
+fn logctl(dir: &Path, args: &[&str]) -> String {
+    let output = logctl_output(dir, args);
     assert!(
         output.status.success(),
         "logctl {args:?} failed: {}",
@@ -149,6 +155,47 @@ fn logctl_dev_serves_a_round_trip_and_ctrl_c_stops_every_node() {
         ],
     );
     assert_eq!(consumed.lines().collect::<Vec<_>>(), ["hello", "world"]);
+
+    // `--connect-to` dials a name the client cannot reach as advertised (nothing listens on
+    // localhost:9) at a node, and checks the node's certificate against that name ("localhost"
+    // is on the dev certificate)...
+    let node_1 = format!("127.0.{SUBNET}.1:8400");
+    let servers = logctl(
+        &dev_dir,
+        &[
+            "servers",
+            "--addr",
+            "localhost:9",
+            "--connect-to",
+            &format!("localhost:9={node_1}"),
+        ],
+    );
+    assert!(servers.contains(&node_1), "{servers}");
+    // ... so it cannot make the client accept a server under a name its certificate lacks.
+    let refused = logctl_output(
+        &dev_dir,
+        &[
+            "servers",
+            "--addr",
+            "elsewhere.example:8400",
+            "--connect-to",
+            &format!("elsewhere.example:8400={node_1}"),
+            "--retry-deadline",
+            "2s",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("certificate"),
+        "a node answered as elsewhere.example: {stderr}"
+    );
+    // A malformed map is refused before anything is dialed.
+    let malformed = logctl_output(&dev_dir, &["servers", "--connect-to", "localhost:9"]);
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(
+        !malformed.status.success() && stderr.contains("--connect-to \"localhost:9\""),
+        "{stderr}"
+    );
 
     // Ctrl-C.
     let pid = i32::try_from(dev.id()).expect("pid");
