@@ -951,26 +951,6 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_readiness_reads_the_ready_condition() {
-        let ready = r#"{"status":{"conditions":[{"type":"MemoryPressure","status":"False"},
-            {"type":"Ready","status":"True"}]}}"#;
-        let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#;
-        assert!(node_is_ready(ready));
-        assert!(!node_is_ready(not_ready));
-        assert!(!node_is_ready("not json"));
-    }
-
-    #[test]
-    fn shell_quote_survives_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
-    }
-}
-
 /// A tokio runtime in the node's network (see [`KubeNode::runtime`]).
 pub struct NodeRuntime {
     runtime: tokio::runtime::Runtime,
@@ -998,5 +978,25 @@ impl NodeRuntime {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => panic!("a task on the node's runtime was cancelled: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_readiness_reads_the_ready_condition() {
+        let ready = r#"{"status":{"conditions":[{"type":"MemoryPressure","status":"False"},
+            {"type":"Ready","status":"True"}]}}"#;
+        let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#;
+        assert!(node_is_ready(ready));
+        assert!(!node_is_ready(not_ready));
+        assert!(!node_is_ready("not json"));
+    }
+
+    #[test]
+    fn shell_quote_survives_quotes() {
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
 }
