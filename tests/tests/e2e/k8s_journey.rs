@@ -482,7 +482,7 @@ struct Load {
     config: ClientConfig,
     // Kept for the client's address map while the workload runs.
     _addresses: PodAddresses,
-    workload: Option<Workload>,
+    workload: Workload,
     history: Arc<History>,
     namespace: String,
     cluster: String,
@@ -533,7 +533,7 @@ impl Load {
             runtime,
             config,
             _addresses: addresses,
-            workload: Some(workload),
+            workload,
             history,
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
@@ -579,19 +579,22 @@ impl Load {
         }
     }
 
-    /// Stops the workload and checks its history against the logs of `pods`, each read from
-    /// that pod alone once they all serve the same committed end.
-    fn check(mut self, pods: &[String]) -> Result<Summary> {
-        let workload = self
-            .workload
-            .take()
-            .context("the workload was stopped before")?;
-        let config = self.config.clone();
-        let nodes: Vec<String> = (0..pods.len())
-            .map(|i| pod_client::advertised(&self.cluster, &self.namespace, i))
+    /// Stops the workload and checks its history against the logs of the cluster's first
+    /// `replicas` pods, each read from that pod alone once they all serve the same committed
+    /// end. Returns the checked history's counts and how many records the live consumer saw.
+    fn check(self, replicas: usize) -> Result<(Summary, usize)> {
+        let Load {
+            runtime,
+            config,
+            workload,
+            namespace,
+            cluster,
+            ..
+        } = self;
+        let nodes: Vec<String> = (0..replicas)
+            .map(|i| pod_client::advertised(&cluster, &namespace, i))
             .collect();
-        let (operations, seen, logs) = self
-            .runtime
+        let (operations, seen, logs) = runtime
             .run(async move {
                 let (history, seen) = workload.stop().await;
                 pod_client::wait_converged(&config, &nodes, CLUSTER_PATIENCE).await?;
@@ -607,7 +610,7 @@ impl Load {
             summary.acked > 0,
             "the workload had no produce acknowledged: {summary:?}"
         );
-        Ok(summary)
+        Ok((summary, seen.map_or(0, |seen| seen.len())))
     }
 }
 
@@ -950,8 +953,11 @@ fn k8s_journey_helm_install_apply_minimal_produce_consume_scale_and_lose_the_lea
     ensure_leader_replaced_last(node, ns, cluster, &rolled_leader)?;
     load.keeps_acknowledging("the rolling update")?;
     step(started, "the workload's history against every node's log");
-    let summary = load.check(&pods(3))?;
-    step(started, &format!("history checked: {summary:?}"));
+    let (summary, consumed) = load.check(3)?;
+    step(
+        started,
+        &format!("history checked: {summary:?}; the live consumer saw {consumed} records"),
+    );
     acked.extend(produce(node, ns, "demo-producer-rolled", &["seven"])?);
 
     // Every acknowledged record, once, at its offset; nothing of the refused user.
