@@ -102,6 +102,53 @@ impl History {
             .count()
     }
 
+    /// Waits until at least `count` produces have been acknowledged since `since` (bounded).
+    pub async fn wait_for_acks(
+        &self,
+        since: Duration,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.wait_until_counted(count, timeout, "produces acknowledged", |h| {
+            h.acked_between(since, Duration::MAX)
+        })
+        .await
+    }
+
+    /// Waits until at least `count` produces *invoked* at or after `since` have been
+    /// acknowledged (bounded): after a fault that ended at `since`, these were answered by a
+    /// cluster that works again.
+    pub async fn wait_for_acks_invoked_since(
+        &self,
+        since: Duration,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let what = format!("produces invoked since {since:?} acknowledged");
+        self.wait_until_counted(count, timeout, &what, |h| h.acked_invoked_since(since))
+            .await
+    }
+
+    async fn wait_until_counted(
+        &self,
+        count: usize,
+        timeout: Duration,
+        what: &str,
+        counted: impl Fn(&History) -> usize,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = counted(self);
+            if n >= count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("only {n} of {count} {what} within {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// When the first operation invoked at or after `since` was acknowledged.
     pub fn first_ack_invoked_since(&self, since: Duration) -> Option<Duration> {
         self.operations()

@@ -98,52 +98,6 @@ impl Workload {
         &self.history
     }
 
-    /// Waits until at least `count` produces have been acknowledged since `since` (bounded).
-    pub async fn wait_for_acks(
-        &self,
-        since: Duration,
-        count: usize,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let acked = self.history.acked_between(since, Duration::MAX);
-            if acked >= count {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "only {acked} of {count} produces acknowledged within {timeout:?}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until at least `count` produces *invoked* at or after `since` have been
-    /// acknowledged (bounded): after a kill at `since`, these were answered by a live server.
-    pub async fn wait_for_acks_invoked_since(
-        &self,
-        since: Duration,
-        count: usize,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let acked = self.history.acked_invoked_since(since);
-            if acked >= count {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "only {acked} of {count} produces invoked since {since:?} acknowledged \
-                     within {timeout:?}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// Stops producing; returns the history and what the consumer saw.
     pub async fn stop(self) -> (Arc<History>, Option<Vec<(u64, String)>>) {
         self.stop.store(true, Ordering::Relaxed);

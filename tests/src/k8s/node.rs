@@ -220,17 +220,7 @@ impl KubeNode {
     /// Only what it [`NodeRuntime::spawn`]s runs in the node's network.
     pub fn runtime(&self) -> io::Result<NodeRuntime> {
         let ns_pid = self.ns_pid;
-        let runtime = in_network_of(ns_pid, || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .on_thread_start(move || {
-                    if let Err(e) = enter_network_of(ns_pid) {
-                        eprintln!("kube node: a runtime thread could not join: {e}");
-                    }
-                })
-                .build()
-        })?;
+        let runtime = in_network_of(ns_pid, || runtime_in_network_of(ns_pid))?;
         Ok(NodeRuntime { runtime })
     }
 
@@ -245,19 +235,9 @@ impl KubeNode {
         std::thread::scope(|scope| {
             let thread = scope.spawn(move || {
                 enter_network_of(ns_pid).expect("joining the node's network namespace");
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    // Threads inherit the creating thread's namespace, but the blocking pool may
-                    // be grown from anywhere: every runtime thread joins explicitly.
-                    .on_thread_start(move || {
-                        if let Err(e) = enter_network_of(ns_pid) {
-                            eprintln!("kube node: a runtime thread could not join: {e}");
-                        }
-                    })
-                    .build()
-                    .expect("building a tokio runtime");
-                runtime.block_on(future)
+                runtime_in_network_of(ns_pid)
+                    .expect("building a tokio runtime")
+                    .block_on(future)
             });
             match thread.join() {
                 Ok(output) => output,
@@ -664,6 +644,21 @@ impl From<JoinNetwork> for Error {
 }
 
 /// Moves the calling thread (only it: a network namespace is per thread) into `pid`'s network.
+/// A multi-threaded runtime whose every thread joins the network namespace of process `pid`.
+/// Call it from a thread already there: threads inherit the creating thread's namespace, but
+/// the blocking pool may be grown from anywhere, so every runtime thread joins explicitly.
+fn runtime_in_network_of(pid: u32) -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            if let Err(e) = enter_network_of(pid) {
+                eprintln!("kube node: a runtime thread could not join: {e}");
+            }
+        })
+        .build()
+}
+
 fn enter_network_of(pid: u32) -> io::Result<()> {
     let path = format!("/proc/{pid}/ns/net");
     let ns = File::open(&path)?;

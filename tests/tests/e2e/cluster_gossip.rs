@@ -96,6 +96,7 @@ async fn nodes_with_only_gossip_seeds_form_one_cluster_and_later_nodes_join_by_t
     assert_voters(&members(&cluster).await, &[0, 1, 2, 3]);
     let since = workload.history().now();
     workload
+        .history()
         .wait_for_acks(since, 50, Duration::from_secs(60))
         .await
         .expect("progress after the join");
@@ -376,6 +377,7 @@ async fn the_client_fails_over_reads_from_followers_and_follows_a_transfer() {
 async fn progress(workload: &Workload, cluster: &ProcessCluster, what: &str) {
     let since = workload.history().now();
     if let Err(e) = workload
+        .history()
         .wait_for_acks(since, 50, Duration::from_secs(60))
         .await
     {

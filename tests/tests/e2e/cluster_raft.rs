@@ -22,6 +22,7 @@ async fn cluster(nodes: usize, subnet: u8) -> ProcessCluster {
 async fn window(workload: &Workload, cluster: &ProcessCluster, what: &str) {
     let since = workload.history().now();
     if let Err(e) = workload
+        .history()
         .wait_for_acks(since, MIN_ACKS_PER_WINDOW, WINDOW_TIMEOUT)
         .await
     {
@@ -251,6 +252,7 @@ async fn repeated_leader_kills_report_failover_times() {
         // Failover time: from the kill to the first acknowledgement of a produce invoked after
         // the old leader was gone.
         workload
+            .history()
             .wait_for_acks_invoked_since(dead_at, 1, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("kill {kill}: {e}\n{}", cluster.logs()));

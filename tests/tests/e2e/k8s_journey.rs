@@ -563,20 +563,15 @@ impl Load {
 
     /// After a fault healed: produces invoked from now on are acknowledged again (bounded).
     fn keeps_acknowledging(&self, after: &str) -> Result<()> {
-        let since = self.history.now();
-        let deadline = Instant::now() + CLUSTER_PATIENCE;
-        loop {
-            let acked = self.history.acked_invoked_since(since);
-            if acked >= ACKS_AFTER_A_FAULT {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "after {after}, only {acked} of {ACKS_AFTER_A_FAULT} produces were acknowledged \
-                 within {CLUSTER_PATIENCE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let history = Arc::clone(&self.history);
+        let since = history.now();
+        self.runtime
+            .run(async move {
+                history
+                    .wait_for_acks_invoked_since(since, ACKS_AFTER_A_FAULT, CLUSTER_PATIENCE)
+                    .await
+            })
+            .map_err(|e| anyhow::anyhow!("after {after}: {e}"))
     }
 
     /// Stops the workload and checks its history against the logs of the cluster's first

@@ -703,6 +703,7 @@ impl Harness {
 /// At least `count` produces acknowledged since `since` (bounded wait: traffic flowed).
 async fn wait_for_traffic(workload: &Workload, since: Duration, count: usize) -> Result<()> {
     workload
+        .history()
         .wait_for_acks(since, count, PATIENCE)
         .await
         .map_err(anyhow::Error::msg)
