@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::server::GrpcRoutes;
-use crate::api::{AccessControl, Closing, LogService, LogServiceLimits};
+use crate::api::{AdminService, Closing, LogService, LogServiceLimits, RaftService};
+use crate::auth::AccessControl;
 use crate::auth::authz::CasbinAuthorizer;
 use crate::auth::tls::{self, ReloadingTlsFiles, TlsFiles};
 use crate::config::{FsyncMode, NodeArgs, node_id_from_hostname};
@@ -351,8 +352,10 @@ impl RunningNode {
         let routes = GrpcRoutes::new(service)
             .await
             .context("building the gRPC services")?
-            .add_service(raft.raft_service(access.clone(), closing.clone()))
-            .add_service(raft.admin_service(access));
+            .add_service(
+                RaftService::for_node(&raft, access.clone(), closing.clone()).into_server(),
+            )
+            .add_service(AdminService::new(raft.admin().clone(), access).into_server());
         let health = routes.health();
         let grpc_listener = TcpListener::bind(config.listen_addr)
             .await

@@ -2,7 +2,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
-pub mod cli;
+pub mod commit_log;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -49,3 +49,25 @@ pub mod meta {
     pub const WRITE_NOT_APPLIED: &str = "not_applied";
     pub const WRITE_OUTCOME_UNKNOWN: &str = "unknown";
 }
+
+/// The status servers send for a refusal: `code` and `message`, with an `ErrorInfo` (this
+/// [`DOMAIN`], `reason`, `metadata`) and an en-US `LocalizedMessage` repeating the message, so
+/// a client decides from the reason and a human reads the message.
+pub fn refusal(
+    code: tonic::Code,
+    reason: &str,
+    metadata: std::collections::HashMap<String, String>,
+    message: String,
+) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    details.set_localized_message("en-US", message.clone());
+    tonic::Status::with_error_details(code, message, details)
+}
+
+/// Metadata from `(key, value)` pairs.
+pub fn metadata<const N: usize>(
+    pairs: [(&str, String); N],
+) -> std::collections::HashMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}

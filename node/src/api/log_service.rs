@@ -13,10 +13,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::{AccessControl, action};
-use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
 use super::closing::{Closing, until_closed};
 use super::status;
+use crate::auth::{AccessControl, action};
+use crate::commit_log::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo};
 use crate::log::{Entry, EntryKind};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::rpc_layer::{RpcFields, rpc_fields};
@@ -103,18 +103,18 @@ impl LogService {
 }
 
 /// Checks one client record; clients may only write data records.
-fn new_record(record: Option<log_v1::Record>, max: u64) -> Result<NewRecord, BackendError> {
-    let record =
-        record.ok_or_else(|| BackendError::InvalidArgument("the request has no record".into()))?;
+fn new_record(record: Option<log_v1::Record>, max: u64) -> Result<NewRecord, CommitLogError> {
+    let record = record
+        .ok_or_else(|| CommitLogError::InvalidArgument("the request has no record".into()))?;
     if record.r#type != RecordType::Data as u32 {
-        return Err(BackendError::InvalidArgument(format!(
+        return Err(CommitLogError::InvalidArgument(format!(
             "record type {} cannot be produced: clients write data records (type 0) only",
             record.r#type
         )));
     }
     let size = record.value.len() as u64;
     if size > max {
-        return Err(BackendError::RecordTooLarge { size, max });
+        return Err(CommitLogError::RecordTooLarge { size, max });
     }
     Ok(NewRecord {
         value: record.value,
@@ -224,7 +224,7 @@ impl Log for LogService {
         fields.set_offset(from);
         let first = self.log.first_offset();
         if from < first {
-            return Err(BackendError::OutOfRange {
+            return Err(CommitLogError::OutOfRange {
                 offset: from,
                 first,
                 next: *self.log.committed().borrow(),
@@ -300,7 +300,7 @@ impl Log for LogService {
         }
         let total: u64 = records.iter().map(|r| r.value.len() as u64).sum();
         if total > self.limits.max_batch_bytes {
-            return Err(BackendError::RecordTooLarge {
+            return Err(CommitLogError::RecordTooLarge {
                 size: total,
                 max: self.limits.max_batch_bytes,
             }
@@ -519,7 +519,7 @@ impl TailFollower {
             tokio::select! {
                 changed = self.committed.changed() => {
                     if changed.is_err() {
-                        let _ = tx.send(Err(BackendError::ShuttingDown.into())).await;
+                        let _ = tx.send(Err(CommitLogError::ShuttingDown.into())).await;
                         return;
                     }
                 }

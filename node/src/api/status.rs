@@ -1,35 +1,21 @@
 //! Turns refusals into gRPC statuses with `google.rpc` error details (ErrorInfo in the
 //! `logcluster.io` domain plus a LocalizedMessage), so clients act on codes and reasons.
 
-use std::collections::HashMap;
-
-use logcluster_api::errors::{DOMAIN, meta, reason};
+use logcluster_api::errors::{meta, metadata as kv, reason, refusal};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
-use super::backend::BackendError;
+use crate::commit_log::CommitLogError;
+use crate::raft::AdminError;
 
-const LOCALE: &str = "en-US";
-
-fn status(code: Code, why: &str, metadata: HashMap<String, String>, message: String) -> Status {
-    let mut details = ErrorDetails::with_error_info(why, DOMAIN, metadata);
-    details.set_localized_message(LOCALE, message.clone());
-    Status::with_error_details(code, message, details)
-}
-
-fn kv<const N: usize>(pairs: [(&str, String); N]) -> HashMap<String, String> {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
-
-impl From<BackendError> for Status {
-    fn from(error: BackendError) -> Self {
+impl From<CommitLogError> for Status {
+    fn from(error: CommitLogError) -> Self {
         let message = error.to_string();
         match error {
-            BackendError::OutOfRange {
+            CommitLogError::OutOfRange {
                 offset,
                 first,
                 next,
-            } => status(
+            } => refusal(
                 Code::OutOfRange,
                 reason::OFFSET_OUT_OF_RANGE,
                 kv([
@@ -42,7 +28,7 @@ impl From<BackendError> for Status {
                     "the requested offset is outside the log's range: {offset} (committed range is [{first}, {next}))"
                 ),
             ),
-            BackendError::RecordTooLarge { size, max } => status(
+            CommitLogError::RecordTooLarge { size, max } => refusal(
                 Code::ResourceExhausted,
                 reason::RECORD_TOO_LARGE,
                 kv([
@@ -52,8 +38,8 @@ impl From<BackendError> for Status {
                 ]),
                 message,
             ),
-            BackendError::InvalidArgument(_) => invalid_argument(message),
-            BackendError::NotLeader {
+            CommitLogError::InvalidArgument(_) => invalid_argument(message),
+            CommitLogError::NotLeader {
                 leader_id,
                 leader_addr,
                 not_applied,
@@ -65,27 +51,27 @@ impl From<BackendError> for Status {
                 if let Some(addr) = leader_addr {
                     metadata.insert(meta::LEADER_ADDR.into(), addr);
                 }
-                status(Code::Unavailable, reason::NOT_LEADER, metadata, message)
+                refusal(Code::Unavailable, reason::NOT_LEADER, metadata, message)
             }
-            BackendError::NoLeader => status(
+            CommitLogError::NoLeader => refusal(
                 Code::Unavailable,
                 reason::NO_LEADER,
                 kv([(meta::WRITE_OUTCOME, meta::WRITE_NOT_APPLIED.into())]),
                 message,
             ),
-            BackendError::Storage(_) => status(
+            CommitLogError::Storage(_) => refusal(
                 Code::Internal,
                 reason::STORAGE,
                 kv([(meta::WRITE_OUTCOME, meta::WRITE_OUTCOME_UNKNOWN.into())]),
                 message,
             ),
-            BackendError::OutcomeUnknown(_) => status(
+            CommitLogError::OutcomeUnknown(_) => refusal(
                 Code::Unavailable,
                 reason::STORAGE,
                 kv([(meta::WRITE_OUTCOME, meta::WRITE_OUTCOME_UNKNOWN.into())]),
                 message,
             ),
-            BackendError::ShuttingDown => status(
+            CommitLogError::ShuttingDown => refusal(
                 Code::Unavailable,
                 reason::SHUTTING_DOWN,
                 kv([(meta::WRITE_OUTCOME, meta::WRITE_NOT_APPLIED.into())]),
@@ -103,37 +89,50 @@ fn write_outcome(not_applied: bool) -> String {
     }
 }
 
+/// One code per kind of admin refusal; routing failures carry the same leader hint (error
+/// details) as a produce sent to a follower, so clients retry them the same way.
+impl From<AdminError> for Status {
+    fn from(error: AdminError) -> Self {
+        let message = error.to_string();
+        match error {
+            AdminError::NoVoters
+            | AdminError::NotAmongVoters { .. }
+            | AdminError::BadAddress { .. } => Status::invalid_argument(message),
+            AdminError::InitializedDifferently { .. }
+            | AdminError::LastVoter { .. }
+            | AdminError::NotAVoter { .. }
+            | AdminError::NoOtherVoter
+            | AdminError::Refused(_) => Status::failed_precondition(message),
+            AdminError::ChangeInProgress(_) => Status::aborted(message),
+            AdminError::CatchUpTimedOut { .. }
+            | AdminError::ChangeTimedOut
+            | AdminError::TransferTimedOut { .. } => Status::deadline_exceeded(message),
+            AdminError::NotLeader {
+                leader_id,
+                leader_addr,
+            } => CommitLogError::NotLeader {
+                leader_id: Some(leader_id),
+                leader_addr,
+                not_applied: true,
+            }
+            .into(),
+            AdminError::NoLeader => CommitLogError::NoLeader.into(),
+            AdminError::ShuttingDown => CommitLogError::ShuttingDown.into(),
+            AdminError::LeaderWithoutAddress { .. } | AdminError::NoLeaderAfterTransfer => {
+                Status::unavailable(message)
+            }
+            AdminError::Leader(status) => status,
+            AdminError::Fatal(_) | AdminError::ChangeTaskFailed(_) => Status::internal(message),
+        }
+    }
+}
+
 /// `INVALID_ARGUMENT` for a malformed request (nothing was written).
 pub fn invalid_argument(message: String) -> Status {
-    status(
+    refusal(
         Code::InvalidArgument,
         reason::INVALID_REQUEST,
         kv([(meta::WRITE_OUTCOME, meta::WRITE_NOT_APPLIED.into())]),
         message,
-    )
-}
-
-/// `PERMISSION_DENIED` from the ACL.
-pub fn permission_denied(subject: &str, object: &str, action: &str) -> Status {
-    status(
-        Code::PermissionDenied,
-        reason::PERMISSION_DENIED,
-        kv([
-            (meta::SUBJECT, subject.to_owned()),
-            (meta::OBJECT, object.to_owned()),
-            (meta::ACTION, action.to_owned()),
-            (meta::WRITE_OUTCOME, meta::WRITE_NOT_APPLIED.into()),
-        ]),
-        format!("subject `{subject}` is not permitted to {action} on `{object}`"),
-    )
-}
-
-/// `UNAUTHENTICATED`: no verified client identity.
-pub fn unauthenticated(why: &str) -> Status {
-    status(
-        Code::Unauthenticated,
-        reason::UNAUTHENTICATED,
-        kv([(meta::WRITE_OUTCOME, meta::WRITE_NOT_APPLIED.into())]),
-        format!("no verified client identity: {why}"),
     )
 }

@@ -110,7 +110,7 @@ pub use key::{GOSSIP_KEY_LEN, GossipKey, GossipSecurity};
 pub use member::{ClusterMember, keys};
 pub use memory::MemoryNetwork;
 pub use reconciler::{
-    Departures, MembershipChange, RaftAdmin, RaftMember, RaftView, ReconcileStatus, Reconciler,
+    Departures, MembershipChange, RaftAdmin, RaftAdminError, RaftMember, RaftView, ReconcileStatus, Reconciler,
     ReconcilerConfig,
 };
 pub use seeds::{DnsSeedResolver, SeedResolver};

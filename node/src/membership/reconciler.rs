@@ -52,6 +52,18 @@ pub struct RaftView {
     pub members: Vec<RaftMember>,
 }
 
+/// Why the Raft side did not make a change the reconciler asked for. The reconciler only reports
+/// it (status, log) and tries again on its next pass, so it keeps the cause opaque but intact.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct RaftAdminError(Box<dyn std::error::Error + Send + Sync>);
+
+impl RaftAdminError {
+    pub fn new(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        RaftAdminError(Box::new(cause))
+    }
+}
+
 /// The Raft admin operations the reconciler needs; implemented on the Raft node.
 #[async_trait]
 pub trait RaftAdmin: Send + Sync + 'static {
@@ -60,11 +72,11 @@ pub trait RaftAdmin: Send + Sync + 'static {
 
     /// Adds `node_id` at `rpc_addr` as a learner, waits until it has caught up, and promotes it
     /// to voter; updates the address of an existing member. Idempotent. Runs on the leader.
-    async fn add_and_promote(&self, node_id: u64, rpc_addr: &str) -> Result<(), String>;
+    async fn add_and_promote(&self, node_id: u64, rpc_addr: &str) -> Result<(), RaftAdminError>;
 
     /// Removes `node_id` (voter or learner) from the configuration. Idempotent. Runs on the
     /// leader.
-    async fn remove(&self, node_id: u64) -> Result<(), String>;
+    async fn remove(&self, node_id: u64) -> Result<(), RaftAdminError>;
 }
 
 /// One membership change the reconciler wants.
@@ -91,7 +103,7 @@ impl MembershipChange {
         }
     }
 
-    async fn apply(&self, admin: &dyn RaftAdmin) -> Result<(), String> {
+    async fn apply(&self, admin: &dyn RaftAdmin) -> Result<(), RaftAdminError> {
         match self {
             MembershipChange::Add { node_id, rpc_addr }
             | MembershipChange::Promote { node_id, rpc_addr }
@@ -358,7 +370,7 @@ async fn run(
                     s.applied += 1;
                     s.last_error = None;
                 }
-                Some(Err(error)) => s.last_error = Some(error.clone()),
+                Some(Err(error)) => s.last_error = Some(error.to_string()),
                 None => {}
             }
         });

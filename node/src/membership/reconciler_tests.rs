@@ -262,7 +262,7 @@ impl FakeRaft {
     }
 
     /// Applies `change` unless a failure is scheduled for the node; records the call either way.
-    fn call(&self, call: Call, change: impl FnOnce(&mut FakeState)) -> Result<(), String> {
+    fn call(&self, call: Call, change: impl FnOnce(&mut FakeState)) -> Result<(), RaftAdminError> {
         let node_id = match &call {
             Call::AddAndPromote(id, _) | Call::Remove(id) => *id,
         };
@@ -271,7 +271,9 @@ impl FakeRaft {
             match state.failures.get_mut(&node_id) {
                 Some(left) if *left > 0 => {
                     *left -= 1;
-                    Err(format!("injected failure for node {node_id}"))
+                    Err(RaftAdminError::new(std::io::Error::other(format!(
+                        "injected failure for node {node_id}"
+                    ))))
                 }
                 _ => {
                     change(&mut state);
@@ -303,13 +305,13 @@ impl RaftAdmin for FakeRaft {
         }
     }
 
-    async fn add_and_promote(&self, node_id: u64, rpc_addr: &str) -> Result<(), String> {
+    async fn add_and_promote(&self, node_id: u64, rpc_addr: &str) -> Result<(), RaftAdminError> {
         self.call(Call::AddAndPromote(node_id, rpc_addr.into()), |state| {
             state.members.insert(node_id, (rpc_addr.to_string(), true));
         })
     }
 
-    async fn remove(&self, node_id: u64) -> Result<(), String> {
+    async fn remove(&self, node_id: u64) -> Result<(), RaftAdminError> {
         self.call(Call::Remove(node_id), |state| {
             state.members.remove(&node_id);
         })

@@ -28,8 +28,7 @@ use tonic_types::StatusExt;
 use super::network::{PeerChannels, is_connect_failure};
 use super::pb::proto;
 use super::types::{NodeId, Raft, Record, TypeConfig};
-use crate::api::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
-use crate::api::local::backend_error;
+use crate::commit_log::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo};
 use crate::log::{Entry, Error as LogError, Log};
 
 /// The client API's log on a Raft node.
@@ -77,7 +76,7 @@ impl RaftCommitLog {
     /// Appends through this node's Raft, never forwarding: the leader answers with offsets, a
     /// follower with `NotLeader { not_applied: true }` (or `NoLeader`). This is what
     /// `ForwardProduce` runs on the leader, so a forwarded write is never forwarded again.
-    pub async fn append_local(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, BackendError> {
+    pub async fn append_local(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, CommitLogError> {
         let count = records.len();
         if count == 0 {
             return Ok(Vec::new());
@@ -94,12 +93,12 @@ impl RaftCommitLog {
                 .client_write_many(data)
                 .await
                 .map_err(fatal_error)?;
-            Ok::<_, BackendError>(results.collect::<Vec<_>>().await)
+            Ok::<_, CommitLogError>(results.collect::<Vec<_>>().await)
         };
         let results = tokio::time::timeout(self.write_timeout, write)
             .await
             .map_err(|_| {
-                BackendError::OutcomeUnknown(format!(
+                CommitLogError::OutcomeUnknown(format!(
                     "the write was not committed within {:?} (the leader may have lost its quorum)",
                     self.write_timeout
                 ))
@@ -112,7 +111,7 @@ impl RaftCommitLog {
         &self,
         results: Vec<Result<openraft::raft::WriteResult<TypeConfig>, Fatal<TypeConfig>>>,
         count: usize,
-    ) -> Result<Vec<u64>, BackendError> {
+    ) -> Result<Vec<u64>, CommitLogError> {
         let mut offsets = Vec::with_capacity(count);
         let mut not_leader: Option<ForwardToLeader<TypeConfig>> = None;
         let mut unknown: Option<String> = None;
@@ -133,30 +132,30 @@ impl RaftCommitLog {
         match (offsets.is_empty(), unknown, not_leader) {
             // Every entry was refused before it was appended: safe to retry elsewhere.
             (true, None, Some(forward)) => Err(self.not_leader(&forward)),
-            (_, Some(why), _) => Err(BackendError::OutcomeUnknown(why)),
-            _ => Err(BackendError::OutcomeUnknown(format!(
+            (_, Some(why), _) => Err(CommitLogError::OutcomeUnknown(why)),
+            _ => Err(CommitLogError::OutcomeUnknown(format!(
                 "only {} of {count} records were committed",
                 offsets.len()
             ))),
         }
     }
 
-    fn not_leader(&self, forward: &ForwardToLeader<TypeConfig>) -> BackendError {
+    fn not_leader(&self, forward: &ForwardToLeader<TypeConfig>) -> CommitLogError {
         tracing::debug!(node_id = self.node_id, ?forward, "not the leader");
         match (&forward.leader_id, &forward.leader_node) {
-            (Some(id), Some(node)) if *id != self.node_id => BackendError::NotLeader {
+            (Some(id), Some(node)) if *id != self.node_id => CommitLogError::NotLeader {
                 leader_id: Some(*id),
                 leader_addr: Some(node.addr.clone()),
                 not_applied: true,
             },
-            _ => BackendError::NoLeader,
+            _ => CommitLogError::NoLeader,
         }
     }
 
-    fn check_sizes(&self, records: &[NewRecord]) -> Result<(), BackendError> {
+    fn check_sizes(&self, records: &[NewRecord]) -> Result<(), CommitLogError> {
         let max = self.max_record_bytes();
         match records.iter().find(|r| r.value.len() as u64 > max) {
-            Some(r) => Err(BackendError::RecordTooLarge {
+            Some(r) => Err(CommitLogError::RecordTooLarge {
                 size: r.value.len() as u64,
                 max,
             }),
@@ -170,11 +169,11 @@ impl RaftCommitLog {
         leader_id: u64,
         addr: String,
         records: Vec<NewRecord>,
-    ) -> Result<Vec<u64>, BackendError> {
+    ) -> Result<Vec<u64>, CommitLogError> {
         let count = records.len();
         let not_sent = |why: String| {
             tracing::debug!(leader_id, %addr, why, "could not forward a produce");
-            BackendError::NotLeader {
+            CommitLogError::NotLeader {
                 leader_id: Some(leader_id),
                 leader_addr: Some(addr.clone()),
                 not_applied: true,
@@ -190,7 +189,7 @@ impl RaftCommitLog {
                 if offsets.len() == count {
                     Ok(offsets)
                 } else {
-                    Err(BackendError::OutcomeUnknown(format!(
+                    Err(CommitLogError::OutcomeUnknown(format!(
                         "the leader answered {} offsets for {count} records",
                         offsets.len()
                     )))
@@ -200,7 +199,7 @@ impl RaftCommitLog {
                 Err(not_sent(status.message().to_owned()))
             }
             Ok(Err(status)) => Err(error_from_leader(&status, leader_id, &addr)),
-            Err(_) => Err(BackendError::OutcomeUnknown(format!(
+            Err(_) => Err(CommitLogError::OutcomeUnknown(format!(
                 "the leader (node {leader_id} at {addr}) did not answer within {:?}",
                 self.write_timeout
             ))),
@@ -210,10 +209,10 @@ impl RaftCommitLog {
 
 /// Rebuilds the leader's refusal from its error details. Without details (a transport failure
 /// after the request may have been sent) the outcome is unknown.
-fn error_from_leader(status: &tonic::Status, leader_id: u64, addr: &str) -> BackendError {
+fn error_from_leader(status: &tonic::Status, leader_id: u64, addr: &str) -> CommitLogError {
     let details = status.get_error_details();
     let Some(info) = details.error_info() else {
-        return BackendError::OutcomeUnknown(format!(
+        return CommitLogError::OutcomeUnknown(format!(
             "forwarding to the leader (node {leader_id} at {addr}) failed: {}",
             status.message()
         ));
@@ -222,37 +221,37 @@ fn error_from_leader(status: &tonic::Status, leader_id: u64, addr: &str) -> Back
     let number = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok());
     let not_applied = get(meta::WRITE_OUTCOME).as_deref() == Some(meta::WRITE_NOT_APPLIED);
     match info.reason.as_str() {
-        reason::NOT_LEADER => BackendError::NotLeader {
+        reason::NOT_LEADER => CommitLogError::NotLeader {
             leader_id: number(meta::LEADER_ID),
             leader_addr: get(meta::LEADER_ADDR),
             not_applied,
         },
-        reason::NO_LEADER | reason::SHUTTING_DOWN if not_applied => BackendError::NoLeader,
-        reason::RECORD_TOO_LARGE => BackendError::RecordTooLarge {
+        reason::NO_LEADER | reason::SHUTTING_DOWN if not_applied => CommitLogError::NoLeader,
+        reason::RECORD_TOO_LARGE => CommitLogError::RecordTooLarge {
             size: number(meta::SIZE).unwrap_or(0),
             max: number(meta::MAX).unwrap_or(0),
         },
-        reason::INVALID_REQUEST => BackendError::InvalidArgument(status.message().to_owned()),
+        reason::INVALID_REQUEST => CommitLogError::InvalidArgument(status.message().to_owned()),
         // The leader does not let this node replicate (an ACL mistake): nothing was written,
         // and the client can go to the leader directly.
-        reason::PERMISSION_DENIED | reason::UNAUTHENTICATED => BackendError::NotLeader {
+        reason::PERMISSION_DENIED | reason::UNAUTHENTICATED => CommitLogError::NotLeader {
             leader_id: Some(leader_id),
             leader_addr: Some(addr.to_owned()),
             not_applied: true,
         },
-        _ if not_applied => BackendError::NotLeader {
+        _ if not_applied => CommitLogError::NotLeader {
             leader_id: Some(leader_id),
             leader_addr: Some(addr.to_owned()),
             not_applied: true,
         },
-        _ => BackendError::OutcomeUnknown(status.message().to_owned()),
+        _ => CommitLogError::OutcomeUnknown(status.message().to_owned()),
     }
 }
 
-fn fatal_error(fatal: Fatal<TypeConfig>) -> BackendError {
+fn fatal_error(fatal: Fatal<TypeConfig>) -> CommitLogError {
     match fatal {
-        Fatal::Stopped => BackendError::ShuttingDown,
-        other => BackendError::Storage(other.to_string()),
+        Fatal::Stopped => CommitLogError::ShuttingDown,
+        other => CommitLogError::Storage(other.to_string()),
     }
 }
 
@@ -265,10 +264,10 @@ fn now_ms() -> u64 {
 
 #[async_trait]
 impl CommitLog for RaftCommitLog {
-    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, BackendError> {
+    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, CommitLogError> {
         self.check_sizes(&records)?;
         match self.append_local(records.clone()).await {
-            Err(BackendError::NotLeader {
+            Err(CommitLogError::NotLeader {
                 leader_id: Some(leader_id),
                 leader_addr: Some(addr),
                 not_applied: true,
@@ -282,11 +281,11 @@ impl CommitLog for RaftCommitLog {
         from: u64,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Entry>, BackendError> {
+    ) -> Result<Vec<Entry>, CommitLogError> {
         let applied = *self.applied.borrow();
         let first = self.log.first_offset();
         if from >= applied || from < first {
-            return Err(BackendError::OutOfRange {
+            return Err(CommitLogError::OutOfRange {
                 offset: from,
                 first,
                 next: applied,
@@ -298,14 +297,14 @@ impl CommitLog for RaftCommitLog {
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
             .await
-            .map_err(|e| BackendError::Storage(format!("read task failed: {e}")))?
+            .map_err(|e| CommitLogError::Storage(format!("read task failed: {e}")))?
             .map_err(|e| match e {
-                LogError::OutOfRange { offset, first, .. } => BackendError::OutOfRange {
+                LogError::OutOfRange { offset, first, .. } => CommitLogError::OutOfRange {
                     offset,
                     first,
                     next: applied,
                 },
-                other => backend_error(other),
+                other => CommitLogError::from(other),
             })
     }
 
@@ -434,7 +433,7 @@ fn same_members(a: &[ServerInfo], b: &[ServerInfo]) -> bool {
 mod tests {
     use super::*;
 
-    fn through_the_wire(error: BackendError) -> BackendError {
+    fn through_the_wire(error: CommitLogError) -> CommitLogError {
         error_from_leader(&tonic::Status::from(error), 2, "127.0.0.3:8400")
     }
 
@@ -462,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_leader_refusal_keeps_its_hint_and_write_outcome_through_forwarding() {
-        let refused = through_the_wire(BackendError::NotLeader {
+        let refused = through_the_wire(CommitLogError::NotLeader {
             leader_id: Some(1),
             leader_addr: Some("127.0.0.2:8400".into()),
             not_applied: true,
@@ -470,35 +469,35 @@ mod tests {
         assert!(
             matches!(
                 refused,
-                BackendError::NotLeader { leader_id: Some(1), ref leader_addr, not_applied: true }
+                CommitLogError::NotLeader { leader_id: Some(1), ref leader_addr, not_applied: true }
                     if leader_addr.as_deref() == Some("127.0.0.2:8400")
             ),
             "{refused:?}"
         );
         assert!(matches!(
-            through_the_wire(BackendError::NoLeader),
-            BackendError::NoLeader
+            through_the_wire(CommitLogError::NoLeader),
+            CommitLogError::NoLeader
         ));
         assert!(matches!(
-            through_the_wire(BackendError::RecordTooLarge { size: 10, max: 5 }),
-            BackendError::RecordTooLarge { size: 10, max: 5 }
+            through_the_wire(CommitLogError::RecordTooLarge { size: 10, max: 5 }),
+            CommitLogError::RecordTooLarge { size: 10, max: 5 }
         ));
     }
 
     #[test]
     fn a_failure_after_the_leader_may_have_written_is_outcome_unknown() {
         for error in [
-            BackendError::OutcomeUnknown("timed out".into()),
-            BackendError::Storage("disk".into()),
+            CommitLogError::OutcomeUnknown("timed out".into()),
+            CommitLogError::Storage("disk".into()),
         ] {
             let got = through_the_wire(error);
-            assert!(matches!(got, BackendError::OutcomeUnknown(_)), "{got:?}");
+            assert!(matches!(got, CommitLogError::OutcomeUnknown(_)), "{got:?}");
         }
         // A transport failure without error details: the request may have been processed.
         let reset = tonic::Status::unavailable("connection reset");
         assert!(matches!(
             error_from_leader(&reset, 2, "a:1"),
-            BackendError::OutcomeUnknown(_)
+            CommitLogError::OutcomeUnknown(_)
         ));
     }
 }

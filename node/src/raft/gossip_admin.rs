@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use logcluster_api::admin_v1::{Member, MemberRole};
 
-use super::admin::ClusterAdmin;
-use crate::membership::{RaftAdmin, RaftMember, RaftView};
+use super::cluster_admin::ClusterAdmin;
+use crate::membership::{RaftAdmin, RaftAdminError, RaftMember, RaftView};
 
 #[async_trait]
 impl RaftAdmin for ClusterAdmin {
@@ -27,7 +27,7 @@ impl RaftAdmin for ClusterAdmin {
         }
     }
 
-    async fn add_and_promote(&self, node_id: u64, rpc_addr: &str) -> Result<(), String> {
+    async fn add_and_promote(&self, node_id: u64, rpc_addr: &str) -> Result<(), RaftAdminError> {
         let member = Member {
             node_id,
             rpc_addr: rpc_addr.to_owned(),
@@ -37,13 +37,13 @@ impl RaftAdmin for ClusterAdmin {
         self.add_node(member, true, true)
             .await
             .map(|_| ())
-            .map_err(|status| status.message().to_owned())
+            .map_err(RaftAdminError::new)
     }
 
-    async fn remove(&self, node_id: u64) -> Result<(), String> {
+    async fn remove(&self, node_id: u64) -> Result<(), RaftAdminError> {
         self.remove_node(node_id, true)
             .await
             .map(|_| ())
-            .map_err(|status| status.message().to_owned())
+            .map_err(RaftAdminError::new)
     }
 }

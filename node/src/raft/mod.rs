@@ -7,13 +7,17 @@
 //!   ([`syncer`]) and the [`stable_store`] (vote, purge point, committed and applied state).
 //! * [`state_machine`] — the applied watermark + membership; metadata-only snapshots.
 //! * [`retention`] — the only thing that purges.
-//! * [`pb`], [`network`], [`service`] — the `raft.v1` peer protocol: conversions, client
-//!   (cached mTLS channels) and server (node role only); [`unanswered`] is the replication
-//!   stream's deadline (idle streams are not broken ones).
-//! * [`commit_log`] — the client API's [`CommitLog`](crate::api::CommitLog) on Raft
+//! * [`pb`], [`network`] — the `raft.v1` peer protocol: conversions and the client (cached
+//!   mTLS channels); the server is [`crate::api::RaftService`]; [`unanswered`] is the
+//!   replication stream's deadline (idle streams are not broken ones).
+//! * [`commit_log`] — the client API's [`CommitLog`](crate::commit_log::CommitLog) on Raft
 //!   (forwarding produces from followers to the leader).
-//! * [`admin`] — `admin.v1`: initialize, add/remove node, transfer leadership, status;
-//!   [`joint`] finishes a membership change its leader abandoned between its two steps.
+//! * [`cluster_admin`] — what `admin.v1` does: initialize, add/remove node, transfer
+//!   leadership, status, with [`AdminError`]; [`joint`] finishes a membership change its
+//!   leader abandoned between its two steps.
+//!
+//! Layering: this module depends on `log`, `commit_log`, `auth` (TLS for peer channels) and
+//! `telemetry`, never on `api`: the gRPC services are thin adapters in [`crate::api`].
 //! * [`node`] — [`RaftNode`], the façade `lognode` wires.
 //!
 //! # Wiring (what `lognode` does)
@@ -32,8 +36,8 @@
 //!     .with_closing(closing.clone());
 //! let routes = GrpcRoutes::new(log_service)
 //!     .await?
-//!     .add_service(raft.raft_service(access.clone(), closing.clone()))
-//!     .add_service(raft.admin_service(access.clone()));
+//!     .add_service(RaftService::for_node(&raft, access.clone(), closing.clone()).into_server())
+//!     .add_service(AdminService::new(raft.admin().clone(), access.clone()).into_server());
 //! // serve `routes` on the TLS listener, then:
 //! if args.bootstrap { raft.bootstrap_if_new().await?; }
 //! if !args.join.is_empty() { raft.join(&args.join).await?; }   // cancellable
@@ -45,7 +49,8 @@
 //! The gRPC server should use large HTTP/2 receive windows (e.g. 32 MiB per connection, 8 MiB
 //! per stream): replication batches arrive as requests on the follower.
 
-pub mod admin;
+mod admin_error;
+pub mod cluster_admin;
 pub mod commit_log;
 pub mod entry_codec;
 pub mod error;
@@ -57,7 +62,6 @@ pub mod network;
 pub mod node;
 pub mod pb;
 pub mod retention;
-pub mod service;
 pub mod stable_store;
 pub mod state_machine;
 #[cfg(test)]
@@ -67,7 +71,7 @@ pub mod types;
 mod unanswered;
 pub mod vote_gate;
 
-pub use admin::{AdminService, AdminTimeouts, ClusterAdmin};
+pub use cluster_admin::{AdminError, AdminTimeouts, ClusterAdmin};
+pub use commit_log::RaftCommitLog;
 pub use error::{RaftNodeError, Result};
 pub use node::{RaftNode, RaftNodeConfig};
-pub use service::RaftService;

@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
-use logcluster_api::admin_v1::admin_server::AdminServer;
 use logcluster_api::admin_v1::{AddNodeRequest, Member};
-use logcluster_api::raft_v1::raft_server::RaftServer;
 use openraft::errors::{Fatal, InitializeError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::admin::{AdminService, AdminTimeouts, ClusterAdmin};
+use super::cluster_admin::{AdminTimeouts, ClusterAdmin};
 use super::commit_log::{RaftCommitLog, publish_servers};
 use super::error::{RaftNodeError, Result};
 use super::joint;
@@ -25,15 +23,13 @@ use super::log_store::{LogStore, blocking};
 use super::metrics_watch;
 use super::network::{Network, PeerChannels};
 use super::retention::{RetentionPolicy, run_retention};
-use super::service::RaftService;
 use super::stable_store::{SledStableStore, StableStore};
 use super::state_machine::StateMachine;
 use super::syncer::Syncer;
 use super::types::{Node, NodeId, Raft, TypeConfig};
 use super::vote_gate::VoteGate;
-use crate::api::backend::{CommitLog, ServerInfo};
-use crate::api::{AccessControl, Closing};
 use crate::auth::tls::ReloadingTlsFiles;
+use crate::commit_log::{CommitLog, ServerInfo};
 use crate::log::{FsyncPolicy, Log, LogConfig};
 use crate::telemetry::metrics::{Metrics, RaftGauges};
 
@@ -288,23 +284,19 @@ impl RaftNode {
         self.commit_log.clone()
     }
 
-    /// The peer API (`raft.v1`), every call authorized with `replicate`; replication streams
-    /// end when `closing` fires.
-    pub fn raft_service(&self, access: AccessControl, closing: Closing) -> RaftServer<RaftService> {
-        RaftService::new(
-            self.raft.clone(),
-            Arc::clone(&self.commit_log),
-            access,
-            Arc::clone(&self.vote_gate),
-            closing,
-            self.metrics.clone(),
-        )
-        .into_server()
+    /// The Raft-backed commit log itself (the peer service's `ForwardProduce` appends here).
+    pub fn raft_commit_log(&self) -> &Arc<RaftCommitLog> {
+        &self.commit_log
     }
 
-    /// The admin API (`admin.v1`), every call authorized with `admin`.
-    pub fn admin_service(&self, access: AccessControl) -> AdminServer<AdminService> {
-        AdminService::new(self.admin.clone(), access).into_server()
+    /// The gate that keeps a node with a new data directory from voting until it caught up.
+    pub fn vote_gate(&self) -> &Arc<VoteGate> {
+        &self.vote_gate
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The admin operations, for in-process callers.

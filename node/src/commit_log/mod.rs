@@ -1,5 +1,12 @@
-//! The log behind the client API, as an interface (proglog's dependency inversion): the gRPC
-//! service is written once against [`CommitLog`] and runs on a single local log or on Raft.
+//! The commit log the client API serves, as an interface (proglog's dependency inversion): the
+//! `log.v1` service is written once against [`CommitLog`] and runs on one local log
+//! ([`local::LocalCommitLog`], tests and single-node benchmarks) or on Raft
+//! ([`crate::raft::RaftCommitLog`]).
+//!
+//! It sits between the storage and the consensus layers (`log` → `commit_log` → `raft` → `api`):
+//! both implementations depend on it, the API depends on it, and it depends on storage only.
+
+pub mod local;
 
 use std::sync::Arc;
 
@@ -7,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::log::Entry;
+use crate::log::{Entry, Error as LogError};
 
 /// A record a client asks to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +42,7 @@ pub struct ServerInfo {
 
 /// Why the log behind the API refused or failed a request.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
+pub enum CommitLogError {
     #[error("offset {offset} is outside the log's committed range [{first}, {next})")]
     OutOfRange { offset: u64, first: u64, next: u64 },
     #[error("record of {size} bytes is larger than the maximum of {max} bytes")]
@@ -59,6 +66,27 @@ pub enum BackendError {
     ShuttingDown,
 }
 
+/// What a storage failure means to a client: the offsets and sizes it asked about are kept, a
+/// closed log is a node shutting down, and anything else is a storage failure.
+impl From<LogError> for CommitLogError {
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::OutOfRange {
+                offset,
+                first,
+                next,
+            } => CommitLogError::OutOfRange {
+                offset,
+                first,
+                next,
+            },
+            LogError::RecordTooLarge { size, max } => CommitLogError::RecordTooLarge { size, max },
+            LogError::Closed => CommitLogError::ShuttingDown,
+            other => CommitLogError::Storage(other.to_string()),
+        }
+    }
+}
+
 fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
     match (id, addr) {
         (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
@@ -73,7 +101,7 @@ fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
 pub trait CommitLog: Send + Sync + 'static {
     /// Appends data records; returns their offsets, in order, once they are committed.
     /// A refused request appends nothing.
-    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, BackendError>;
+    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, CommitLogError>;
 
     /// Reads committed entries starting at `from`: at least one when `from` is committed, up
     /// to `max_entries` / about `max_bytes`. `OutOfRange` when `from` is below the first offset
@@ -83,7 +111,7 @@ pub trait CommitLog: Send + Sync + 'static {
         from: u64,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Entry>, BackendError>;
+    ) -> Result<Vec<Entry>, CommitLogError>;
 
     /// The commit watermark: the offset after the last committed entry. Changes wake waiters.
     fn committed(&self) -> watch::Receiver<u64>;

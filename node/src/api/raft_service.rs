@@ -12,15 +12,15 @@ use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use parking_lot::Mutex;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::commit_log::RaftCommitLog;
-use super::network::MAX_MESSAGE_BYTES;
-use super::pb::{self, FromPb, ToPb, proto};
-use super::types::{Raft, SnapshotMeta, TypeConfig, Vote};
-use super::vote_gate::VoteGate;
-use crate::api::AccessControl;
-use crate::api::access::action;
-use crate::api::backend::NewRecord;
-use crate::api::closing::{Closing, until_closed};
+use super::closing::{Closing, until_closed};
+use crate::auth::{AccessControl, action};
+use crate::commit_log::NewRecord;
+use crate::raft::metrics_watch;
+use crate::raft::network::MAX_MESSAGE_BYTES;
+use crate::raft::pb::{self, FromPb, ToPb, proto};
+use crate::raft::types::{Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::raft::vote_gate::VoteGate;
+use crate::raft::{RaftCommitLog, RaftNode};
 use crate::telemetry::metrics::{Metrics, VoteKind};
 
 /// The peer API of a node.
@@ -51,6 +51,18 @@ impl RaftService {
             closing,
             metrics,
         }
+    }
+
+    /// The peer service of `node`.
+    pub fn for_node(node: &RaftNode, access: AccessControl, closing: Closing) -> Self {
+        RaftService::new(
+            node.raft().clone(),
+            Arc::clone(node.raft_commit_log()),
+            access,
+            Arc::clone(node.vote_gate()),
+            closing,
+            node.metrics().clone(),
+        )
     }
 
     /// Refuses a vote request this node must not consider while it catches up (see
@@ -245,7 +257,7 @@ impl RaftApi for RaftService {
 /// open: the metrics are only read while the node catches up).
 fn observe_append(gate: &VoteGate, raft: &Raft, leader_commit: Option<u64>) {
     if !gate.is_open() {
-        let last = super::metrics_watch::current(raft).last_log_index;
+        let last = metrics_watch::current(raft).last_log_index;
         gate.observe_append(leader_commit, last);
     }
 }

@@ -1,5 +1,5 @@
-//! Cluster administration: the logic behind `admin.v1` ([`ClusterAdmin`]) and its gRPC service
-//! ([`AdminService`], every call authorized with the `admin` action).
+//! Cluster administration: the logic behind `admin.v1` ([`ClusterAdmin`]); its gRPC service is
+//! [`crate::api::AdminService`], which maps [`AdminError`] to a status in one place.
 //!
 //! Membership-changing calls (AddNode, RemoveNode, TransferLeader) run on the leader. A follower
 //! forwards them to the leader over the cached peer channel, authenticated with the node
@@ -12,25 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use logcluster_api::admin_v1::admin_client::AdminClient;
-use logcluster_api::admin_v1::admin_server::{Admin, AdminServer};
 use logcluster_api::admin_v1::{
-    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse,
-    InitializeRequest, InitializeResponse, Member, MemberRole, MemberStatus, RemoveNodeRequest,
-    RemoveNodeResponse, TransferLeaderRequest, TransferLeaderResponse,
+    AddNodeRequest, ClusterStatusResponse, Member, MemberRole, MemberStatus, RemoveNodeRequest,
+    TransferLeaderRequest,
 };
 use openraft::errors::{
     ChangeMembershipError, ClientWriteError, Fatal, InitializeError, RaftError,
 };
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
-use super::network::PeerChannels;
+use super::metrics_watch;
+use super::network::{PeerChannels, is_connect_failure};
 use super::types::{Node, NodeId, Raft, TypeConfig};
 use super::vote_gate::VoteGate;
-use crate::api::AccessControl;
-use crate::api::access::action;
-use crate::api::backend::BackendError;
 use crate::log::Log;
+
+pub use super::admin_error::AdminError;
 
 /// Metadata key set on calls a follower forwards to the leader.
 pub const FORWARDED_HEADER: &str = "x-logcluster-forwarded";
@@ -98,14 +96,14 @@ impl ClusterAdmin {
     }
 
     fn metrics(&self) -> RaftMetrics<TypeConfig> {
-        super::metrics_watch::current(&self.raft)
+        metrics_watch::current(&self.raft)
     }
 
     /// Whether this node leads, or where the leader is; `UNAVAILABLE` when none is known in time.
     /// During an election, or just after a leadership transfer before the new leader has taken
     /// office, no node knows a leader for a moment: wait for one, bounded by a few election
     /// timeouts, rather than fail an admin call that would succeed moments later.
-    async fn route(&self) -> Result<Route, Status> {
+    async fn route(&self) -> Result<Route, AdminError> {
         let me = self.node_id;
         let settled = |m: &RaftMetrics<TypeConfig>| match m.current_leader {
             Some(id) if id == me => m.state == ServerState::Leader,
@@ -113,21 +111,20 @@ impl ClusterAdmin {
             None => false,
         };
         let bound = Duration::from_millis(self.raft.config().election_timeout_max * 4);
-        let metrics = match super::metrics_watch::wait_until(&self.raft, bound, settled).await {
+        let metrics = match metrics_watch::wait_until(&self.raft, bound, settled).await {
             Ok(metrics) => metrics,
-            Err(_) => return Err(Status::from(BackendError::NoLeader)),
+            Err(_) => return Err(AdminError::NoLeader),
         };
         match metrics.current_leader {
             Some(id) if id == me => Ok(Route::Here),
             Some(id) => match metrics.membership_config.membership().get_node(&id) {
                 Some(node) => Ok(Route::Leader(id, node.addr.clone())),
-                None => Err(Status::from(BackendError::NotLeader {
-                    leader_id: Some(id),
+                None => Err(AdminError::NotLeader {
+                    leader_id: id,
                     leader_addr: None,
-                    not_applied: true,
-                })),
+                }),
             },
-            None => Err(Status::from(BackendError::NoLeader)),
+            None => Err(AdminError::NoLeader),
         }
     }
 
@@ -135,7 +132,7 @@ impl ClusterAdmin {
         &self,
         leader: NodeId,
         addr: &str,
-    ) -> Result<AdminClient<tonic::transport::Channel>, Status> {
+    ) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
         self.channels
             .channel(addr)
             .map(AdminClient::new)
@@ -144,9 +141,9 @@ impl ClusterAdmin {
 
     /// Initializes a new cluster with `voters` (this node must be one). Returns false when the
     /// cluster already is initialized with exactly these voters.
-    pub async fn initialize(&self, voters: Vec<Member>) -> Result<bool, Status> {
+    pub async fn initialize(&self, voters: Vec<Member>) -> Result<bool, AdminError> {
         if voters.is_empty() {
-            return Err(Status::invalid_argument("at least one voter is required"));
+            return Err(AdminError::NoVoters);
         }
         let mut members = BTreeMap::new();
         for member in voters {
@@ -154,10 +151,9 @@ impl ClusterAdmin {
             members.insert(member.node_id, Node::new(member.rpc_addr));
         }
         if !members.contains_key(&self.node_id) {
-            return Err(Status::invalid_argument(format!(
-                "this node ({}) must be one of the voters",
-                self.node_id
-            )));
+            return Err(AdminError::NotAmongVoters {
+                node_id: self.node_id,
+            });
         }
         match self.raft.initialize(members.clone()).await {
             Ok(()) => {
@@ -172,15 +168,13 @@ impl ClusterAdmin {
                 if current == requested {
                     Ok(false)
                 } else {
-                    Err(Status::failed_precondition(format!(
-                        "the cluster is already initialized with voters {current:?}, not {requested:?}"
-                    )))
+                    Err(AdminError::InitializedDifferently { current, requested })
                 }
             }
             Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
-                Err(Status::invalid_argument(e.to_string()))
+                Err(AdminError::Refused(e.to_string()))
             }
-            Err(RaftError::Fatal(fatal)) => Err(fatal_status(fatal)),
+            Err(RaftError::Fatal(fatal)) => Err(fatal.into()),
         }
     }
 
@@ -191,7 +185,7 @@ impl ClusterAdmin {
         node: Member,
         promote: bool,
         forwarded: bool,
-    ) -> Result<u64, Status> {
+    ) -> Result<u64, AdminError> {
         check_addr(&node.rpc_addr)?;
         match self.route().await? {
             Route::Here => {}
@@ -234,13 +228,11 @@ impl ClusterAdmin {
                 self.raft.add_learner(id, Node::new(addr), promote),
             )
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "node {id} did not catch up within {:?}; retry to keep waiting",
-                    self.timeouts.catch_up
-                ))
+            .map_err(|_| AdminError::CatchUpTimedOut {
+                node_id: id,
+                after: self.timeouts.catch_up,
             })?
-            .map_err(write_error)?;
+            .map_err(AdminError::from)?;
             index = added.log_id.index;
         }
         if promote {
@@ -253,7 +245,7 @@ impl ClusterAdmin {
 
     /// Removes node `id` (voter or learner). When it is this node and this node leads,
     /// leadership moves to another voter first.
-    pub async fn remove_node(&self, id: NodeId, forwarded: bool) -> Result<u64, Status> {
+    pub async fn remove_node(&self, id: NodeId, forwarded: bool) -> Result<u64, AdminError> {
         match self.route().await? {
             Route::Here => {}
             Route::Leader(leader, addr) if !forwarded => {
@@ -273,9 +265,7 @@ impl ClusterAdmin {
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if voters.contains(&id) && voters.len() == 1 {
-            return Err(Status::failed_precondition(format!(
-                "node {id} is the only voter; a cluster cannot remove its last voter"
-            )));
+            return Err(AdminError::LastVoter { node_id: id });
         }
         if id == self.node_id {
             // Hand leadership over first, then let the new leader remove this node.
@@ -286,7 +276,9 @@ impl ClusterAdmin {
                 .membership()
                 .get_node(&new_leader)
                 .map(|n| n.addr.clone())
-                .ok_or_else(|| Status::unavailable("the new leader has no address"))?;
+                .ok_or(AdminError::LeaderWithoutAddress {
+                    leader_id: new_leader,
+                })?;
             let mut client = self.leader_client(new_leader, &addr)?;
             // The new leader may not have taken office yet, or may lose it to an election right
             // away: ask again (removal is idempotent) until the change deadline.
@@ -335,7 +327,7 @@ impl ClusterAdmin {
         &self,
         to: Option<NodeId>,
         forwarded: bool,
-    ) -> Result<NodeId, Status> {
+    ) -> Result<NodeId, AdminError> {
         match self.route().await? {
             Route::Here => {}
             Route::Leader(leader, _) if to == Some(leader) => return Ok(leader),
@@ -355,29 +347,29 @@ impl ClusterAdmin {
             Some(id) if id == self.node_id => return Ok(id),
             Some(id) if voters.contains(&id) => id,
             Some(id) => {
-                return Err(Status::failed_precondition(format!(
-                    "node {id} is not a voter"
-                )));
+                return Err(AdminError::NotAVoter { node_id: id });
             }
-            None => most_up_to_date(&metrics, &voters, self.node_id)
-                .ok_or_else(|| Status::failed_precondition("there is no other voter to lead"))?,
+            None => {
+                most_up_to_date(&metrics, &voters, self.node_id).ok_or(AdminError::NoOtherVoter)?
+            }
         };
         self.raft
             .trigger()
             .transfer_leader(target)
             .await
-            .map_err(fatal_status)?;
+            .map_err(AdminError::from)?;
         let me = self.node_id;
-        let moved = super::metrics_watch::wait_until(&self.raft, self.timeouts.change, |m| {
+        let moved = metrics_watch::wait_until(&self.raft, self.timeouts.change, |m| {
             m.current_leader.is_some_and(|leader| leader != me)
         })
         .await
-        .map_err(|e| {
-            Status::deadline_exceeded(format!("leadership did not move to node {target}: {e}"))
+        .map_err(|e| AdminError::TransferTimedOut {
+            target,
+            why: e.to_string(),
         })?;
         moved
             .current_leader
-            .ok_or_else(|| Status::unavailable("no leader after the transfer"))
+            .ok_or(AdminError::NoLeaderAfterTransfer)
     }
 
     /// The cluster as this node sees it (the leader knows every member's progress).
@@ -447,27 +439,23 @@ impl ClusterAdmin {
     /// membership change in flight to commit"). So the change runs as its own task, to the
     /// end, and the caller only stops *waiting* for it. A leader change between the steps
     /// strands it too; [`super::joint`] is the backstop for that case.
-    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, Status> {
+    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, AdminError> {
         let raft = self.raft.clone();
         let changing = tokio::spawn(async move { raft.change_membership(change, false).await });
         let response = tokio::time::timeout(self.timeouts.change, changing)
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(
-                    "the membership change did not commit in time; it goes on, retry to see it",
-                )
-            })?
-            .map_err(|e| Status::internal(format!("the membership change task failed: {e}")))?
-            .map_err(write_error)?;
+            .map_err(|_| AdminError::ChangeTimedOut)?
+            .map_err(|e| AdminError::ChangeTaskFailed(e.to_string()))?
+            .map_err(AdminError::from)?;
         Ok(response.log_id.index)
     }
 }
 
-fn check_addr(addr: &str) -> Result<(), Status> {
+fn check_addr(addr: &str) -> Result<(), AdminError> {
     if addr.is_empty() || !addr.contains(':') {
-        return Err(Status::invalid_argument(format!(
-            "rpc_addr {addr:?} is not host:port"
-        )));
+        return Err(AdminError::BadAddress {
+            addr: addr.to_owned(),
+        });
     }
     Ok(())
 }
@@ -505,130 +493,46 @@ fn forwarded_request<T>(message: T) -> Request<T> {
     request
 }
 
-fn not_leader(leader: NodeId, addr: &str) -> Status {
-    Status::from(BackendError::NotLeader {
-        leader_id: Some(leader),
+fn not_leader(leader: NodeId, addr: &str) -> AdminError {
+    AdminError::NotLeader {
+        leader_id: leader,
         leader_addr: Some(addr.to_owned()),
-        not_applied: true,
-    })
+    }
 }
 
-/// A forwarded call that failed: the leader's own answer, or `UNAVAILABLE` with its address.
-fn forward_failure(status: Status, leader: NodeId, addr: &str) -> Status {
-    if super::network::is_connect_failure(&status) {
+/// A forwarded call that failed: the leader's own answer, or "not the leader" with its address
+/// when the leader could not be reached at all.
+fn forward_failure(status: Status, leader: NodeId, addr: &str) -> AdminError {
+    if is_connect_failure(&status) {
         not_leader(leader, addr)
     } else {
-        status
+        AdminError::Leader(status)
     }
 }
 
-fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
-    match fatal {
-        Fatal::Stopped => Status::from(BackendError::ShuttingDown),
-        other => Status::internal(other.to_string()),
+impl From<Fatal<TypeConfig>> for AdminError {
+    fn from(fatal: Fatal<TypeConfig>) -> Self {
+        match fatal {
+            Fatal::Stopped => AdminError::ShuttingDown,
+            other => AdminError::Fatal(other.to_string()),
+        }
     }
 }
 
-fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Status {
-    match e {
-        RaftError::Fatal(fatal) => fatal_status(fatal),
-        RaftError::APIError(
-            ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
-        ) => match (f.leader_id, f.leader_node) {
-            (Some(id), Some(node)) => not_leader(id, &node.addr),
-            _ => Status::from(BackendError::NoLeader),
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            e @ ChangeMembershipError::InProgress(_),
-        )) => Status::aborted(format!("{e}; retry once it has committed")),
-        RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
-    }
-}
-
-/// The `admin.v1.Admin` gRPC service.
-#[derive(Clone)]
-pub struct AdminService {
-    admin: ClusterAdmin,
-    access: AccessControl,
-}
-
-impl AdminService {
-    pub fn new(admin: ClusterAdmin, access: AccessControl) -> Self {
-        AdminService { admin, access }
-    }
-
-    pub fn into_server(self) -> AdminServer<AdminService> {
-        AdminServer::new(self)
-    }
-}
-
-fn is_forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_HEADER)
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn initialize(
-        &self,
-        request: Request<InitializeRequest>,
-    ) -> Result<Response<InitializeResponse>, Status> {
-        self.access.check(&request, action::ADMIN)?;
-        let initialized = self.admin.initialize(request.into_inner().voters).await?;
-        Ok(Response::new(InitializeResponse { initialized }))
-    }
-
-    async fn add_node(
-        &self,
-        request: Request<AddNodeRequest>,
-    ) -> Result<Response<AddNodeResponse>, Status> {
-        self.access.check(&request, action::ADMIN)?;
-        let forwarded = is_forwarded(&request);
-        let request = request.into_inner();
-        let node = request
-            .node
-            .ok_or_else(|| Status::invalid_argument("AddNodeRequest.node is required"))?;
-        let index = self
-            .admin
-            .add_node(node, request.promote_to_voter, forwarded)
-            .await?;
-        Ok(Response::new(AddNodeResponse {
-            membership_log_index: index,
-        }))
-    }
-
-    async fn remove_node(
-        &self,
-        request: Request<RemoveNodeRequest>,
-    ) -> Result<Response<RemoveNodeResponse>, Status> {
-        self.access.check(&request, action::ADMIN)?;
-        let forwarded = is_forwarded(&request);
-        let index = self
-            .admin
-            .remove_node(request.into_inner().node_id, forwarded)
-            .await?;
-        Ok(Response::new(RemoveNodeResponse {
-            membership_log_index: index,
-        }))
-    }
-
-    async fn transfer_leader(
-        &self,
-        request: Request<TransferLeaderRequest>,
-    ) -> Result<Response<TransferLeaderResponse>, Status> {
-        self.access.check(&request, action::ADMIN)?;
-        let forwarded = is_forwarded(&request);
-        let new_leader_id = self
-            .admin
-            .transfer_leader(request.into_inner().node_id, forwarded)
-            .await?;
-        Ok(Response::new(TransferLeaderResponse { new_leader_id }))
-    }
-
-    async fn cluster_status(
-        &self,
-        request: Request<ClusterStatusRequest>,
-    ) -> Result<Response<ClusterStatusResponse>, Status> {
-        self.access.check(&request, action::ADMIN)?;
-        Ok(Response::new(self.admin.status()))
+impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for AdminError {
+    fn from(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Self {
+        match e {
+            RaftError::Fatal(fatal) => fatal.into(),
+            RaftError::APIError(
+                ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
+            ) => match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) => not_leader(id, &node.addr),
+                _ => AdminError::NoLeader,
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ ChangeMembershipError::InProgress(_),
+            )) => AdminError::ChangeInProgress(e.to_string()),
+            RaftError::APIError(e) => AdminError::Refused(e.to_string()),
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 
-use super::backend::{BackendError, CommitLog, MemberRole, NewRecord, ServerInfo};
+use super::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo};
 use crate::log::{Entry, EntryKind, Error as LogError, Log};
 use crate::telemetry::metrics::Metrics;
 
@@ -21,18 +21,18 @@ const MAX_GROUP: usize = 4096;
 
 struct AppendRequest {
     records: Vec<NewRecord>,
-    reply: oneshot::Sender<Result<Vec<u64>, BackendError>>,
+    reply: oneshot::Sender<Result<Vec<u64>, CommitLogError>>,
 }
 
 /// A single-node commit log: durable means committed.
-pub struct LocalLog {
+pub struct LocalCommitLog {
     log: Log,
     appends: std_mpsc::Sender<AppendRequest>,
     committed: watch::Receiver<u64>,
     servers: watch::Sender<Arc<Vec<ServerInfo>>>,
 }
 
-impl LocalLog {
+impl LocalCommitLog {
     /// Serves `log`, reporting itself as node `id` at `rpc_addr` in `GetServers`.
     pub fn new(log: Log, id: u64, rpc_addr: String, metrics: Metrics) -> Self {
         let (committed_tx, committed) = watch::channel(log.next_offset());
@@ -50,7 +50,7 @@ impl LocalLog {
             role: MemberRole::Voter,
             replicated_offset: 0,
         }]));
-        LocalLog {
+        LocalCommitLog {
             log,
             appends,
             committed,
@@ -72,7 +72,7 @@ fn write_loop(
     committed: watch::Sender<u64>,
     metrics: Metrics,
 ) {
-    // Blocks until a request arrives; ends when every LocalLog handle is gone.
+    // Blocks until a request arrives; ends when every LocalCommitLog handle is gone.
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -108,7 +108,7 @@ fn write_loop(
                 metrics.observe_fsync(started.elapsed());
                 durable
             })
-            .map_err(backend_error);
+            .map_err(CommitLogError::from);
         if result.is_ok() {
             metrics.record_append(entries.len() as u64, bytes);
         }
@@ -129,30 +129,12 @@ fn write_loop(
     }
 }
 
-/// Maps commit-log errors to what the API reports.
-pub fn backend_error(error: LogError) -> BackendError {
-    match error {
-        LogError::OutOfRange {
-            offset,
-            first,
-            next,
-        } => BackendError::OutOfRange {
-            offset,
-            first,
-            next,
-        },
-        LogError::RecordTooLarge { size, max } => BackendError::RecordTooLarge { size, max },
-        LogError::Closed => BackendError::ShuttingDown,
-        other => BackendError::Storage(other.to_string()),
-    }
-}
-
 #[async_trait]
-impl CommitLog for LocalLog {
-    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, BackendError> {
+impl CommitLog for LocalCommitLog {
+    async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, CommitLogError> {
         let max = self.max_record_bytes();
         if let Some(too_large) = records.iter().find(|r| r.value.len() as u64 > max) {
-            return Err(BackendError::RecordTooLarge {
+            return Err(CommitLogError::RecordTooLarge {
                 size: too_large.value.len() as u64,
                 max,
             });
@@ -160,8 +142,8 @@ impl CommitLog for LocalLog {
         let (reply, response) = oneshot::channel();
         self.appends
             .send(AppendRequest { records, reply })
-            .map_err(|_| BackendError::ShuttingDown)?;
-        response.await.map_err(|_| BackendError::ShuttingDown)?
+            .map_err(|_| CommitLogError::ShuttingDown)?;
+        response.await.map_err(|_| CommitLogError::ShuttingDown)?
     }
 
     async fn read(
@@ -169,10 +151,10 @@ impl CommitLog for LocalLog {
         from: u64,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Entry>, BackendError> {
+    ) -> Result<Vec<Entry>, CommitLogError> {
         let committed = *self.committed.borrow();
         if from >= committed {
-            return Err(BackendError::OutOfRange {
+            return Err(CommitLogError::OutOfRange {
                 offset: from,
                 first: self.log.first_offset(),
                 next: committed,
@@ -184,14 +166,14 @@ impl CommitLog for LocalLog {
         let entries =
             tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
                 .await
-                .map_err(|e| BackendError::Storage(format!("read task failed: {e}")))?
+                .map_err(|e| CommitLogError::Storage(format!("read task failed: {e}")))?
                 .map_err(|e| match e {
-                    LogError::OutOfRange { offset, first, .. } => BackendError::OutOfRange {
+                    LogError::OutOfRange { offset, first, .. } => CommitLogError::OutOfRange {
                         offset,
                         first,
                         next: committed,
                     },
-                    other => backend_error(other),
+                    other => CommitLogError::from(other),
                 })?;
         Ok(entries)
     }
