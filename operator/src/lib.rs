@@ -18,6 +18,7 @@ pub mod events;
 pub mod leader_election;
 pub mod metrics;
 pub mod node_client;
+pub mod node_id;
 pub mod rbac;
 pub mod resources;
 pub mod rollout;
@@ -26,10 +27,3 @@ pub mod status;
 pub mod units;
 
 pub use error::{Error, Result};
-
-#[cfg(test)]
-mod controller_tests;
-#[cfg(test)]
-mod crd_tests;
-#[cfg(test)]
-mod fixtures;

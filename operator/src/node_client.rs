@@ -19,9 +19,9 @@ use logcluster_api::admin_v1::{
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::certificates::ClientTls;
+use crate::node_id::NodeId;
 use crate::resources::config::config_hash;
 use crate::resources::names::ClusterNames;
-use crate::scaling::NodeId;
 use crate::{Error, Result};
 
 /// The admin calls the operator makes. `node`/`via` name the node the call is sent to.

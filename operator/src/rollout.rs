@@ -16,16 +16,12 @@
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use kube::api::{Api, EvictParams, ListParams};
 
-use crate::resources::names::ClusterNames;
-use crate::scaling::{Membership, NodeId};
-use crate::{Error, Result};
+use crate::node_id::NodeId;
+use crate::scaling::Membership;
 
 /// The label the StatefulSet controller puts on each pod: the revision it was created from.
-const REVISION_LABEL: &str = "controller-revision-hash";
+pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// Entries a voter may trail the commit index by and still count as caught up. A restarted pod
 /// catches up within moments; a roll under a steady produce load must not wait for lag 0.
@@ -220,45 +216,218 @@ pub fn settled(sts: &StatefulSet) -> bool {
     update_revision(sts).is_none() || status.updated_replicas.unwrap_or(0) >= status.replicas
 }
 
-/// The StatefulSet's pods (by its selector), with their ordinals parsed from their names.
-pub async fn observe_pods(pods: &Api<Pod>, names: &ClusterNames) -> Result<Vec<PodView>> {
-    let listed = pods
-        .list(&ListParams::default().labels(&names.selector_string()))
-        .await
-        .map_err(|e| Error::kube("listing the cluster's pods", e))?;
-    let prefix = format!("{}-", names.statefulset());
-    Ok(listed
-        .items
-        .iter()
-        .filter_map(|pod| {
-            let name = pod.name_any();
-            let node = name.strip_prefix(&prefix)?.parse::<NodeId>().ok()?;
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            Some(PodView {
-                node,
-                revision: pod.labels().get(REVISION_LABEL).cloned(),
-                ready,
-                terminating: pod.metadata.deletion_timestamp.is_some(),
-                name,
-            })
-        })
-        .collect())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaling::{LeaderView, MemberView, Role};
 
-/// Evicts `pod` through the Eviction API, so the PodDisruptionBudget applies. `Ok(false)` when
-/// the budget refused (HTTP 429): not an error, the next reconcile tries again.
-pub async fn evict(pods: &Api<Pod>, pod: &str) -> Result<bool> {
-    match pods.evict(pod, &EvictParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 429 => Ok(false),
-        Err(e) => Err(Error::kube(format!("evicting pod {pod}"), e)),
+    const NEW: &str = "demo-new";
+    const OLD: &str = "demo-old";
+
+    fn pod(node: NodeId, revision: &str) -> PodView {
+        PodView {
+            node,
+            name: format!("demo-{node}"),
+            revision: Some(revision.to_owned()),
+            ready: true,
+            terminating: false,
+        }
+    }
+
+    /// Voters `0..n`, `leader` leading, all healthy and caught up.
+    fn led(leader: NodeId, n: NodeId) -> Membership {
+        Membership::Led(LeaderView {
+            leader,
+            members: (0..n)
+                .map(|id| MemberView {
+                    id,
+                    role: if id == leader {
+                        Role::Leader
+                    } else {
+                        Role::Voter
+                    },
+                    healthy: true,
+                    lag: 0,
+                })
+                .collect(),
+            membership_changing: false,
+        })
+    }
+
+    fn step(pods: &[PodView], membership: &Membership) -> Step {
+        plan(&Observed {
+            update_revision: Some(NEW),
+            replicas: u32::try_from(pods.len()).unwrap_or(u32::MAX),
+            pods,
+            membership,
+        })
+    }
+
+    fn evicts(step: &Step) -> Option<NodeId> {
+        match step {
+            Step::Evict { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_when_every_pod_runs_the_update_revision() {
+        let pods = [pod(0, NEW), pod(1, NEW), pod(2, NEW)];
+        assert_eq!(step(&pods, &led(1, 3)), Step::Done);
+    }
+
+    #[test]
+    fn nothing_to_compare_before_the_statefulset_controller_saw_the_spec() {
+        let pods = [pod(0, OLD), pod(1, OLD), pod(2, OLD)];
+        let membership = led(1, 3);
+        let o = Observed {
+            update_revision: None,
+            replicas: 3,
+            pods: &pods,
+            membership: &membership,
+        };
+        assert_eq!(plan(&o), Step::Done);
+    }
+
+    #[test]
+    fn followers_go_first_highest_ordinal_first_and_the_leader_last_after_a_transfer() {
+        // Leader is node 2, the pod Kubernetes' RollingUpdate would replace first.
+        let membership = led(2, 3);
+        let mut pods = vec![pod(0, OLD), pod(1, OLD), pod(2, OLD)];
+        assert_eq!(evicts(&step(&pods, &membership)), Some(1));
+        pods[1] = pod(1, NEW);
+        assert_eq!(evicts(&step(&pods, &membership)), Some(0));
+        pods[0] = pod(0, NEW);
+        // Only the leader's pod is left: leadership moves first, to an updated voter.
+        match step(&pods, &membership) {
+            Step::TransferLeader { from: 2, to } => assert!(to == 0 || to == 1, "to {to}"),
+            other => panic!("expected a transfer, got {other:?}"),
+        }
+        // Once node 0 leads, node 2 is a follower like any other.
+        assert_eq!(evicts(&step(&pods, &led(0, 3))), Some(2));
+    }
+
+    #[test]
+    fn the_successor_is_the_most_caught_up_updated_voter() {
+        let Membership::Led(mut view) = led(2, 3) else {
+            unreachable!()
+        };
+        view.members[0].lag = 40;
+        view.members[1].lag = 3;
+        let pods = [pod(0, NEW), pod(1, NEW), pod(2, OLD)];
+        assert_eq!(
+            step(&pods, &Membership::Led(view)),
+            Step::TransferLeader { from: 2, to: 1 }
+        );
+    }
+
+    #[test]
+    fn a_roll_waits_while_the_cluster_is_not_whole() {
+        let pods = [pod(0, OLD), pod(1, NEW), pod(2, OLD)];
+        let whole = led(0, 3);
+
+        let mut not_ready = pods.clone();
+        not_ready[1].ready = false;
+        assert!(
+            matches!(step(&not_ready, &whole), Step::Wait(m) if m.contains("demo-1 to be ready"))
+        );
+
+        let mut terminating = pods.clone();
+        terminating[2].terminating = true;
+        assert!(matches!(step(&terminating, &whole), Step::Wait(m) if m.contains("terminate")));
+
+        let missing = &pods[..2];
+        let o = Observed {
+            update_revision: Some(NEW),
+            replicas: 3,
+            pods: missing,
+            membership: &whole,
+        };
+        assert!(matches!(plan(&o), Step::Wait(m) if m.contains("recreate")));
+
+        let Membership::Led(view) = whole.clone() else {
+            unreachable!()
+        };
+        let mut lagging = view.clone();
+        lagging.members[1].lag = CAUGHT_UP_LAG + 1;
+        assert!(
+            matches!(step(&pods, &Membership::Led(lagging)), Step::Wait(m) if m.contains("catch up"))
+        );
+
+        let mut unhealthy = view.clone();
+        unhealthy.members[1].healthy = false;
+        assert!(
+            matches!(step(&pods, &Membership::Led(unhealthy)), Step::Wait(m) if m.contains("healthy"))
+        );
+
+        let mut learner = view.clone();
+        learner.members[1].role = Role::Learner;
+        assert!(
+            matches!(step(&pods, &Membership::Led(learner)), Step::Wait(m) if m.contains("voter"))
+        );
+
+        let mut changing = view.clone();
+        changing.membership_changing = true;
+        assert!(
+            matches!(step(&pods, &Membership::Led(changing)), Step::Wait(m) if m.contains("in flight"))
+        );
+
+        let mut rejoining = view;
+        rejoining.members.retain(|m| m.id != 1);
+        assert!(
+            matches!(step(&pods, &Membership::Led(rejoining)), Step::Wait(m) if m.contains("rejoin"))
+        );
+
+        let unknown = Membership::Unknown("no leader is elected".into());
+        assert!(matches!(step(&pods, &unknown), Step::Wait(m) if m.contains("leader")));
+    }
+
+    #[test]
+    fn a_lone_leader_is_replaced_without_a_transfer() {
+        let pods = [pod(0, OLD)];
+        assert_eq!(evicts(&step(&pods, &led(0, 1))), Some(0));
+    }
+
+    #[test]
+    fn unhealthy_voters_stop_the_roll_before_the_leader_is_moved() {
+        let Membership::Led(mut view) = led(2, 3) else {
+            unreachable!()
+        };
+        let pods = [pod(0, NEW), pod(1, NEW), pod(2, OLD)];
+        for m in &mut view.members {
+            if m.id != 2 {
+                m.healthy = false;
+            }
+        }
+        // Unhealthy voters stop the roll before the transfer is even considered.
+        assert!(matches!(step(&pods, &Membership::Led(view)), Step::Wait(_)));
+    }
+
+    fn statefulset(generation: i64, observed: i64, replicas: i32, updated: i32) -> StatefulSet {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        let mut sts = StatefulSet::default();
+        sts.metadata.generation = Some(generation);
+        sts.status = Some(StatefulSetStatus {
+            observed_generation: Some(observed),
+            replicas,
+            updated_replicas: Some(updated),
+            update_revision: Some(NEW.to_owned()),
+            ..StatefulSetStatus::default()
+        });
+        sts
+    }
+
+    #[test]
+    fn the_statefulset_status_tells_when_no_pod_needs_listing() {
+        assert!(settled(&statefulset(4, 4, 3, 3)), "every pod updated");
+        assert!(
+            !settled(&statefulset(4, 4, 3, 2)),
+            "one pod on an old revision"
+        );
+        assert_eq!(update_revision(&statefulset(4, 4, 3, 2)), Some(NEW));
+        // The controller has not seen generation 5: its updateRevision is the previous template's.
+        assert!(settled(&statefulset(5, 4, 3, 3)));
+        assert_eq!(update_revision(&statefulset(5, 4, 3, 3)), None);
+        assert!(settled(&StatefulSet::default()), "no status yet");
     }
 }
-
-#[cfg(test)]
-#[path = "rollout_tests.rs"]
-mod tests;

@@ -13,20 +13,16 @@
 //! A removal that would leave fewer healthy voters than a quorum is refused, with the reason.
 //! Scaling back up while a node was removed but its pod still runs adds that node back.
 //!
-//! [`observe`] builds the membership from the nodes' admin API and [`execute`] performs the admin
-//! call; both go through [`NodeAdmin`](crate::node_client::NodeAdmin), which tests replace.
+//! [`merge_answers`] turns the nodes' `ClusterStatus` answers into a [`Membership`]. Asking the
+//! nodes and making the admin call are the controller's I/O ([`crate::controller`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use logcluster_api::admin_v1::{ClusterStatusResponse, MemberRole as ProtoRole};
 
-use crate::Result;
 use crate::crd::ScalingPhase;
-use crate::node_client::NodeAdmin;
-
-/// A Raft node id: the StatefulSet ordinal of its pod.
-pub type NodeId = u64;
+use crate::node_id::NodeId;
 
 /// Votes needed for a majority of `voters`.
 pub fn quorum(voters: u32) -> u32 {
@@ -481,47 +477,6 @@ pub fn merge_answers(answers: &BTreeMap<NodeId, ClusterStatusResponse>) -> Membe
         members,
         membership_changing: answer.membership_changing || uncommitted,
     })
-}
-
-/// Asks every node `0..pods` for its cluster status and merges the answers.
-pub async fn observe(admin: &dyn NodeAdmin, pods: u32) -> (Membership, BTreeSet<NodeId>) {
-    let calls = (0..u64::from(pods)).map(|id| async move { (id, admin.cluster_status(id).await) });
-    let mut answers = BTreeMap::new();
-    for (id, result) in futures::future::join_all(calls).await {
-        match result {
-            Ok(answer) => {
-                answers.insert(id, answer);
-            }
-            Err(e) => {
-                tracing::debug!(node_id = id, error = %e, "node did not answer ClusterStatus")
-            }
-        }
-    }
-    let reachable = answers.keys().copied().collect();
-    (merge_answers(&answers), reachable)
-}
-
-/// Performs an admin action. `leader` is where membership changes are sent.
-pub async fn execute(
-    admin: &dyn NodeAdmin,
-    action: AdminAction,
-    leader: Option<NodeId>,
-) -> Result<()> {
-    match action {
-        AdminAction::Initialize => {
-            admin.initialize(0).await?;
-        }
-        AdminAction::AddNode(id) => {
-            admin.add_node(leader.unwrap_or(0), id).await?;
-        }
-        AdminAction::TransferLeader { from, to } => {
-            admin.transfer_leader(from, to).await?;
-        }
-        AdminAction::RemoveNode(id) => {
-            admin.remove_node(leader.unwrap_or(0), id).await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

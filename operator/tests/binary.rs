@@ -3,12 +3,12 @@
 //! serving its health and metrics endpoints, holding its Lease, and letting go of it on SIGTERM.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use logcluster_tests::http;
 use logcluster_tests::k8s::{self, ControlPlane};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_logcluster-operator");
@@ -69,21 +69,8 @@ fn install_crd(cp: &ControlPlane) -> Result<()> {
 
 /// `GET path` on the operator's HTTP port: (status code, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
+    let addr = format!("127.0.0.1:{port}");
+    http::get(&addr, path).with_context(|| format!("GET {path} on {addr}"))
 }
 
 fn lease_holder(cp: &ControlPlane, ns: &str) -> Result<String> {

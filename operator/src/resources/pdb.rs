@@ -5,10 +5,13 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use std::collections::BTreeSet;
+
 use super::names::ClusterNames;
 use crate::Result;
 use crate::crd::LogCluster;
-use crate::scaling::quorum;
+use crate::node_id::NodeId;
+use crate::scaling::{Membership, quorum};
 
 /// The voters the PDB is sized from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,37 @@ impl VoterCount {
             total: pods,
             with_pods: pods,
         }
+    }
+
+    /// The voters a reconcile knows of: the leader's view; without one, the voters of the last
+    /// status (`last_known`); with neither, every pod of `fallback_pods`. A voter has a pod when
+    /// its ordinal is below `replicas`, the StatefulSet's replicas being applied.
+    pub fn observed(
+        membership: &Membership,
+        last_known: &BTreeSet<NodeId>,
+        replicas: u32,
+        fallback_pods: u32,
+    ) -> Self {
+        match membership {
+            Membership::Led(view) => VoterCount::of(
+                view.members.iter().filter(|m| m.role.votes()).map(|m| m.id),
+                replicas,
+            ),
+            _ if last_known.is_empty() => VoterCount::all(fallback_pods),
+            _ => VoterCount::of(last_known.iter().copied(), replicas),
+        }
+    }
+
+    /// The count of `voters`, of which those below `replicas` have pods.
+    fn of(voters: impl Iterator<Item = NodeId>, replicas: u32) -> Self {
+        let (total, with_pods) = voters.fold((0u32, 0u32), |(total, with_pods), id| {
+            let has_pod = id < u64::from(replicas);
+            (
+                total.saturating_add(1),
+                with_pods.saturating_add(u32::from(has_pod)),
+            )
+        });
+        VoterCount { total, with_pods }
     }
 }
 
@@ -93,6 +127,49 @@ mod tests {
                 with_pods: 4
             }),
             1
+        );
+    }
+
+    #[test]
+    fn voters_come_from_the_leader_then_the_last_status_then_the_pods() {
+        use crate::scaling::{LeaderView, MemberView, Role};
+        let member = |id, role| MemberView {
+            id,
+            role,
+            healthy: true,
+            lag: 0,
+        };
+        // Voters 0..=3 (3 without a pod at 3 replicas) and a learner, which does not count.
+        let led = Membership::Led(LeaderView {
+            leader: 0,
+            members: vec![
+                member(0, Role::Leader),
+                member(1, Role::Voter),
+                member(2, Role::Voter),
+                member(3, Role::Voter),
+                member(4, Role::Learner),
+            ],
+            membership_changing: false,
+        });
+        let known: BTreeSet<NodeId> = [0, 1, 2, 3, 4].into();
+        assert_eq!(
+            VoterCount::observed(&led, &known, 3, 3),
+            VoterCount {
+                total: 4,
+                with_pods: 3
+            }
+        );
+        let unknown = Membership::Unknown("no leader".into());
+        assert_eq!(
+            VoterCount::observed(&unknown, &known, 3, 3),
+            VoterCount {
+                total: 5,
+                with_pods: 3
+            }
+        );
+        assert_eq!(
+            VoterCount::observed(&unknown, &BTreeSet::new(), 3, 2),
+            VoterCount::all(2)
         );
     }
 

@@ -19,9 +19,9 @@ use crate::certificates::ClientTls;
 use crate::controller::Context;
 use crate::metrics::Metrics;
 use crate::node_client::{NodeAdmin, NodeConnector};
+use crate::node_id::NodeId;
 use crate::resources::BuildSettings;
 use crate::resources::names::ClusterNames;
-use crate::scaling::NodeId;
 use crate::{Error, Result};
 
 /// One request the operator sent.

@@ -8,9 +8,11 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use crate::controller::{error_policy, reconcile};
+use super::fixtures::{FakeAdmin, FakeConnector, MockApi, status_error};
+use super::observe::claim_ordinal;
+use super::{backoff, error_policy, reconcile};
 use crate::crd::{FINALIZER, LogCluster};
-use crate::fixtures::{FakeAdmin, FakeConnector, MockApi, status_error};
+use crate::resources::ClusterNames;
 use crate::resources::fixtures::cluster_with;
 use crate::{Error, Result};
 
@@ -85,7 +87,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 #[tokio::test]
 async fn the_finalizer_is_added_before_anything_else() {
     let (api, client) = MockApi::start();
-    let ctx = crate::fixtures::context(client, FakeConnector::default());
+    let ctx = super::fixtures::context(client, FakeConnector::default());
     let lc = cluster_with(json!({}));
     let action = run(&api, &ctx, lc).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -104,7 +106,7 @@ async fn the_finalizer_is_added_before_anything_else() {
 async fn a_new_cluster_gets_every_owned_object_and_starts_with_one_pod() {
     let (api, client) = MockApi::start();
     let connector = FakeConnector::default();
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     let action = run(
         &api,
         &ctx,
@@ -182,7 +184,7 @@ async fn node_0_is_initialized_once_and_the_status_records_it() {
         .lock()
         .unwrap()
         .insert(0, Default::default());
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     api.put(STS, statefulset(1));
     run(&api, &ctx, live(json!({}), None)).await.unwrap();
     assert_eq!(connector.admin.calls(), ["initialize node=0"]);
@@ -201,7 +203,7 @@ async fn an_initialized_cluster_whose_nodes_lost_their_data_is_not_initialized_a
             .unwrap()
             .insert(node, Default::default());
     }
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     api.put(STS, statefulset(3));
     run(
         &api,
@@ -228,7 +230,7 @@ async fn a_scale_down_of_the_leader_moves_leadership_first_and_keeps_the_pods() 
         admin: FakeAdmin::led(2, &[0, 1, 2], &[], &[0, 1, 2]),
         ..Default::default()
     };
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     api.put(STS, statefulset(3));
     run(
         &api,
@@ -257,7 +259,7 @@ async fn a_failed_admin_step_is_reported_then_fails_the_reconcile() {
         ..Default::default()
     };
     connector.admin.fail.lock().unwrap().push("remove_node");
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     api.put(STS, statefulset(3));
     let lc = live(json!({"replicas": 2}), Some(initialized_status(&[0, 1, 2])));
     let err = run(&api, &ctx, lc.clone()).await.unwrap_err();
@@ -280,7 +282,7 @@ async fn a_refused_scale_down_is_explained_and_changes_nothing() {
         admin,
         ..Default::default()
     };
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     api.put(STS, statefulset(3));
     run(
         &api,
@@ -313,7 +315,7 @@ async fn a_refused_scale_down_is_explained_and_changes_nothing() {
 #[tokio::test]
 async fn a_missing_external_ca_is_reported_and_nothing_is_deployed() {
     let (api, client) = MockApi::start();
-    let ctx = crate::fixtures::context(client, FakeConnector::default());
+    let ctx = super::fixtures::context(client, FakeConnector::default());
     let lc = live(json!({"tls": {"caSecretName": "ext-ca"}}), None);
     let err = run(&api, &ctx, lc.clone()).await.unwrap_err();
     assert!(err.to_string().contains("ext-ca"), "{err}");
@@ -344,7 +346,7 @@ async fn an_apply_conflict_is_counted_by_reason_and_backs_off() {
             )
         })
     });
-    let ctx = crate::fixtures::context(client, FakeConnector::default());
+    let ctx = super::fixtures::context(client, FakeConnector::default());
     let lc = live(json!({}), None);
     let err = run(&api, &ctx, lc.clone()).await.unwrap_err();
     assert_eq!(err.metric_label(), "kube_conflict");
@@ -363,7 +365,7 @@ async fn an_apply_conflict_is_counted_by_reason_and_backs_off() {
 async fn a_paused_cluster_is_observed_and_reported_but_not_changed() {
     let (api, client) = MockApi::start();
     let connector = FakeConnector::default();
-    let ctx = crate::fixtures::context(client, connector.clone());
+    let ctx = super::fixtures::context(client, connector.clone());
     api.put(STS, statefulset(3));
     run(
         &api,
@@ -391,7 +393,7 @@ async fn a_paused_cluster_is_observed_and_reported_but_not_changed() {
 async fn cleanup_deletes_the_volumes_only_when_asked_to() {
     for (policy, deletes) in [("Delete", 2), ("Retain", 0)] {
         let (api, client) = MockApi::start();
-        let ctx = crate::fixtures::context(client, FakeConnector::default());
+        let ctx = super::fixtures::context(client, FakeConnector::default());
         let claims: Vec<Value> = (0..2)
             .map(|i| json!({"metadata": {"name": format!("data-demo-{i}"), "namespace": "prod",
                 "labels": {"logcluster.io/cluster": "demo", "app.kubernetes.io/name": "logcluster"}}}))
@@ -429,7 +431,7 @@ async fn cleanup_keeps_the_finalizer_when_deleting_volumes_fails() {
         (method == Method::DELETE)
             .then(|| (StatusCode::FORBIDDEN, status_error(403, "Forbidden", "no")))
     });
-    let ctx = crate::fixtures::context(client, FakeConnector::default());
+    let ctx = super::fixtures::context(client, FakeConnector::default());
     api.put_list(
         &format!("{NS}/persistentvolumeclaims"),
         vec![json!({"metadata": {"name": "data-demo-0", "namespace": "prod"}})],
@@ -445,4 +447,26 @@ async fn cleanup_keeps_the_finalizer_when_deleting_volumes_fails() {
         api.find(&Method::PATCH, LC).is_empty(),
         "the finalizer must stay until cleanup succeeds"
     );
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 50]
+        .iter()
+        .map(|&f| backoff(f).as_secs())
+        .collect();
+    assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
+}
+
+#[test]
+fn claim_ordinals_are_parsed_from_claim_names() {
+    let names = ClusterNames {
+        cluster: "demo".into(),
+        namespace: "ns".into(),
+        cluster_domain: "cluster.local".into(),
+    };
+    assert_eq!(claim_ordinal("data-demo-3", &names), Some(3));
+    assert_eq!(claim_ordinal("data-demo-x", &names), None);
+    assert_eq!(claim_ordinal("data-demo2-3", &names), None);
+    assert_eq!(claim_ordinal("data-other-3", &names), None);
 }
