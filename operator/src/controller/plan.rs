@@ -615,3 +615,512 @@ fn scaling_status(
         message,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! `plan` from plain `Observed` values: no API server, no nodes, no clock.
+
+    use std::sync::Arc;
+
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use serde_json::json;
+
+    use super::*;
+    use crate::certificates::{ClientTls, IssuedRecord};
+    use crate::controller::observe::ClaimView;
+    use crate::crd::LogCluster;
+    use crate::resources::BuildSettings;
+    use crate::resources::fixtures::cluster_with;
+    use crate::rollout::{PodView, Step};
+    use crate::scaling::{LeaderView, MemberView};
+
+    const RESYNC: Duration = Duration::from_secs(300);
+    const STEP: Duration = Duration::from_secs(5);
+    const NEW: &str = "demo-new";
+    const OLD: &str = "demo-old";
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn certificates() -> CertificatesOutcome {
+        CertificatesOutcome {
+            client: ClientTls {
+                ca_pem: "ca".into(),
+                cert_pem: "cert".into(),
+                key_pem: "key".into(),
+            },
+            statuses: Vec::new(),
+            issued: Vec::new(),
+            ca_generated: false,
+            next_renewal: None,
+            limited_by_ca: Vec::new(),
+        }
+    }
+
+    /// A StatefulSet of `replicas` pods, all ready; `roll` gives its update revision and how
+    /// many pods run it.
+    fn statefulset(replicas: i32, roll: Option<i32>) -> StatefulSet {
+        let status = match roll {
+            Some(updated) => json!({"replicas": replicas, "readyReplicas": replicas,
+                "observedGeneration": 2, "updateRevision": NEW, "updatedReplicas": updated}),
+            None => json!({"replicas": replicas, "readyReplicas": replicas}),
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": "demo", "namespace": "prod", "generation": 2},
+            "spec": {
+                "replicas": replicas,
+                "serviceName": "demo-nodes",
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "logcluster"}},
+                "template": {"spec": {"containers": [{"name": "lognode"}]}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                    "spec": {"resources": {"requests": {"storage": "10Gi"}}}}]
+            },
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    /// `leader` leads `voters`, each healthy unless listed in `down`.
+    fn led(leader: NodeId, voters: &[NodeId], down: &[NodeId]) -> Nodes {
+        Nodes {
+            membership: Membership::Led(LeaderView {
+                leader,
+                members: voters
+                    .iter()
+                    .map(|&id| MemberView {
+                        id,
+                        role: if id == leader {
+                            Role::Leader
+                        } else {
+                            Role::Voter
+                        },
+                        healthy: !down.contains(&id),
+                        lag: 0,
+                    })
+                    .collect(),
+                membership_changing: false,
+            }),
+            reachable: voters
+                .iter()
+                .copied()
+                .filter(|id| !down.contains(id))
+                .collect(),
+        }
+    }
+
+    /// An initialized cluster whose last status lists `voters`.
+    fn initialized(spec: serde_json::Value, voters: &[NodeId]) -> Arc<LogCluster> {
+        let mut lc = cluster_with(spec);
+        let members: Vec<_> = voters
+            .iter()
+            .map(|&id| {
+                json!({"pod": format!("demo-{id}"), "nodeId": id, "role": "Voter",
+                "healthy": true, "lag": 0})
+            })
+            .collect();
+        lc.status =
+            Some(serde_json::from_value(json!({"initialized": true, "members": members})).unwrap());
+        Arc::new(lc)
+    }
+
+    /// A live cluster: certificates current, gossip key present, nothing else known yet.
+    fn observed(lc: Arc<LogCluster>, sts: Option<StatefulSet>, nodes: Nodes) -> Observed {
+        let names = ClusterNames::new(&lc, "cluster.local").unwrap();
+        Observed {
+            lc,
+            names,
+            settings: BuildSettings::default(),
+            now: now(),
+            resync: RESYNC,
+            step_interval: STEP,
+            statefulset: sts,
+            credentials: Credentials::Current(certificates()),
+            gossip_key_valid: true,
+            nodes: Some(nodes),
+            pods: None,
+            claims: Vec::new(),
+        }
+    }
+
+    fn replicas(plan: &Plan) -> Option<i32> {
+        plan.objects
+            .as_ref()
+            .and_then(|o| o.statefulset.spec.as_ref()?.replicas)
+    }
+
+    fn max_unavailable(plan: &Plan) -> Option<IntOrString> {
+        plan.objects
+            .as_ref()
+            .and_then(|o| o.pdb.spec.as_ref()?.max_unavailable.clone())
+    }
+
+    fn progress(plan: &Plan) -> Progress {
+        plan.status
+            .report
+            .health
+            .progress
+            .clone()
+            .expect("a live plan reports progress")
+    }
+
+    fn condition(status: &LogClusterStatus, type_: &str) -> (String, String) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn reasons(notes: &[Note]) -> Vec<&str> {
+        notes.iter().map(|n| n.reason.as_str()).collect()
+    }
+
+    fn pod(node: NodeId, revision: &str) -> PodView {
+        PodView {
+            node,
+            name: format!("demo-{node}"),
+            revision: Some(revision.to_owned()),
+            ready: true,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn a_fresh_cluster_gets_every_object_and_one_pod() {
+        let mut o = observed(
+            Arc::new(cluster_with(json!({}))),
+            None,
+            Nodes {
+                membership: Membership::Unknown("no node answered".into()),
+                reachable: BTreeSet::new(),
+            },
+        );
+        o.gossip_key_valid = false;
+        let mut certs = certificates();
+        certs.ca_generated = true;
+        certs.issued = ["demo-node-tls", "demo-operator-tls"]
+            .map(|secret_name| IssuedRecord {
+                secret_name: secret_name.into(),
+                reason: IssueReason::Missing,
+                not_after: now() + Duration::from_secs(90 * 24 * 3600),
+            })
+            .to_vec();
+        o.credentials = Credentials::Current(certs);
+
+        let plan = plan(&o).unwrap();
+        assert_eq!(replicas(&plan), Some(1));
+        assert_eq!(max_unavailable(&plan), Some(IntOrString::Int(0)));
+        assert_eq!(plan.step, None, "node 0 has no pod yet");
+        assert!(plan.gossip_key.is_some(), "the gossip key is created");
+        assert_eq!(
+            reasons(&plan.certificate_events),
+            ["CAGenerated", "CertificateIssued", "CertificateIssued"]
+        );
+        assert!(plan.statefulset_events.is_empty(), "nothing was scaled");
+        assert!(
+            matches!(
+                progress(&plan),
+                Progress::Working {
+                    phase: ScalingPhase::Bootstrapping,
+                    ..
+                }
+            ),
+            "{:?}",
+            progress(&plan)
+        );
+        assert_eq!(plan.requeue_after(), STEP);
+        let status = plan.status.render();
+        assert!(!status.initialized);
+        assert_eq!(
+            condition(&status, "Progressing"),
+            ("True".to_owned(), "Bootstrapping".to_owned())
+        );
+        assert_eq!(condition(&status, "CertificatesReady").0, "True");
+        // The first status of a new cluster reports its problems, not its not-yet-progress.
+        assert!(
+            !reasons(&plan.status.events(&status)).contains(&"ProgressingFalse"),
+            "{:?}",
+            plan.status.events(&status)
+        );
+    }
+
+    #[test]
+    fn node_0_is_initialized_through_the_admin_api() {
+        let lc = Arc::new(cluster_with(json!({})));
+        let nodes = Nodes {
+            membership: Membership::Uninitialized,
+            reachable: [0].into(),
+        };
+        let plan = plan(&observed(lc, Some(statefulset(1, None)), nodes)).unwrap();
+        assert_eq!(
+            plan.step,
+            Some(ClusterStep::Scale {
+                action: AdminAction::Initialize,
+                leader: None
+            })
+        );
+        // The status records it only once the step went through (the executor's part).
+        assert!(!plan.status.report.initialized);
+    }
+
+    #[test]
+    fn scaling_up_adds_one_pod_at_a_time() {
+        let lc = initialized(json!({"replicas": 5}), &[0, 1, 2]);
+        let plan3 = plan(&observed(
+            lc.clone(),
+            Some(statefulset(3, None)),
+            led(0, &[0, 1, 2], &[]),
+        ))
+        .unwrap();
+        assert_eq!((replicas(&plan3), plan3.step.clone()), (Some(4), None));
+        assert_eq!(reasons(&plan3.statefulset_events), ["StatefulSetScaled"]);
+        assert!(
+            plan3.statefulset_events[0].note.contains("3 → 4"),
+            "{:?}",
+            plan3.statefulset_events
+        );
+        // The new pod runs but gossip has not added it yet: the operator adds it, pods stay.
+        let mut nodes = led(0, &[0, 1, 2], &[]);
+        nodes.reachable.insert(3);
+        let plan4 = plan(&observed(lc.clone(), Some(statefulset(4, None)), nodes)).unwrap();
+        assert_eq!(replicas(&plan4), Some(4));
+        assert_eq!(
+            plan4.step,
+            Some(ClusterStep::Scale {
+                action: AdminAction::AddNode(3),
+                leader: Some(0)
+            })
+        );
+        // Node 3 is a voter: the next pod.
+        let plan5 = plan(&observed(
+            lc,
+            Some(statefulset(4, None)),
+            led(0, &[0, 1, 2, 3], &[]),
+        ))
+        .unwrap();
+        assert_eq!((replicas(&plan5), plan5.step.clone()), (Some(5), None));
+        assert_eq!(max_unavailable(&plan5), Some(IntOrString::Int(1)));
+    }
+
+    #[test]
+    fn a_scale_down_that_would_lose_the_quorum_is_refused() {
+        let lc = initialized(json!({"replicas": 2}), &[0, 1, 2]);
+        let plan = plan(&observed(
+            lc,
+            Some(statefulset(3, None)),
+            led(0, &[0, 1, 2], &[1]),
+        ))
+        .unwrap();
+        assert_eq!((replicas(&plan), plan.step.clone()), (Some(3), None));
+        assert!(
+            matches!(&progress(&plan), Progress::Blocked { message } if message.contains("quorum needs 2")),
+            "{:?}",
+            progress(&plan)
+        );
+        let status = plan.status.render();
+        assert_eq!(condition(&status, "Degraded").0, "True");
+        let events = plan.status.events(&status);
+        let blocked = events
+            .iter()
+            .find(|e| e.reason == "ScalingBlocked")
+            .expect("a ScalingBlocked Event");
+        assert_eq!(blocked.type_, EventType::Warning);
+    }
+
+    #[test]
+    fn a_scale_down_with_the_quorum_intact_removes_the_top_voter_through_the_leader() {
+        let lc = initialized(json!({"replicas": 2}), &[0, 1, 2]);
+        let plan = plan(&observed(
+            lc,
+            Some(statefulset(3, None)),
+            led(0, &[0, 1, 2], &[]),
+        ))
+        .unwrap();
+        assert_eq!(
+            plan.step,
+            Some(ClusterStep::Scale {
+                action: AdminAction::RemoveNode(2),
+                leader: Some(0)
+            })
+        );
+        assert_eq!(
+            replicas(&plan),
+            Some(3),
+            "the pod stays until the node left"
+        );
+        assert_eq!(
+            ClusterStep::scale_note(AdminAction::RemoveNode(2)).reason,
+            "NodeRemoved"
+        );
+    }
+
+    #[test]
+    fn the_claim_of_a_removed_node_is_deleted_when_asked_to() {
+        let lc = initialized(
+            json!({"replicas": 2, "storage": {"pvcRetention": {"whenScaled": "Delete"}}}),
+            &[0, 1],
+        );
+        let mut o = observed(lc, Some(statefulset(2, None)), led(0, &[0, 1], &[]));
+        o.claims = (0..3)
+            .map(|ordinal| ClaimView {
+                name: format!("data-demo-{ordinal}"),
+                ordinal,
+                requested_bytes: Some(10 << 30),
+            })
+            .collect();
+        let plan = plan(&o).unwrap();
+        let deleted: Vec<&str> = plan.claims.delete.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(deleted, ["data-demo-2"]);
+        assert!(plan.claims.grow.is_empty(), "every claim has its size");
+    }
+
+    #[test]
+    fn a_roll_replaces_followers_highest_first_and_the_leader_last() {
+        let lc = initialized(json!({}), &[0, 1, 2]);
+        let roll = |pods: Vec<PodView>, updated| {
+            let mut o = observed(
+                lc.clone(),
+                Some(statefulset(3, Some(updated))),
+                led(1, &[0, 1, 2], &[]),
+            );
+            o.pods = Some(pods);
+            plan(&o).unwrap()
+        };
+        let first = roll(vec![pod(0, OLD), pod(1, OLD), pod(2, OLD)], 0);
+        let Some(ClusterStep::Roll { step, generation }) = &first.step else {
+            panic!("no roll step: {:?}", first.step);
+        };
+        assert!(
+            matches!(step, Step::Evict { pod, .. } if pod == "demo-2"),
+            "{step:?}"
+        );
+        assert_eq!(*generation, Some(2), "valid for the StatefulSet it saw");
+        assert!(matches!(
+            progress(&first),
+            Progress::Working {
+                phase: ScalingPhase::RollingUpdate,
+                ..
+            }
+        ));
+        assert_eq!(first.requeue_after(), STEP);
+
+        let second = roll(vec![pod(0, OLD), pod(1, OLD), pod(2, NEW)], 1);
+        assert!(
+            matches!(&second.step, Some(ClusterStep::Roll { step: Step::Evict { pod, .. }, .. }) if pod == "demo-0"),
+            "{:?}",
+            second.step
+        );
+        // Only the leader's pod is left: leadership moves first, to an updated voter.
+        let last = roll(vec![pod(0, NEW), pod(1, OLD), pod(2, NEW)], 2);
+        assert!(
+            matches!(
+                &last.step,
+                Some(ClusterStep::Roll {
+                    step: Step::TransferLeader { from: 1, .. },
+                    ..
+                })
+            ),
+            "{:?}",
+            last.step
+        );
+    }
+
+    #[test]
+    fn a_roll_waits_for_a_deleted_pod_to_come_back() {
+        let lc = initialized(json!({}), &[0, 1, 2]);
+        let mut o = observed(lc, Some(statefulset(3, Some(1))), led(0, &[0, 1, 2], &[]));
+        // demo-1 was deleted and is not recreated yet.
+        o.pods = Some(vec![pod(0, OLD), pod(2, NEW)]);
+        let plan = plan(&o).unwrap();
+        assert!(
+            matches!(&plan.step, Some(ClusterStep::Roll { step: Step::Wait(why), .. }) if why.contains("2 of 3")),
+            "{:?}",
+            plan.step
+        );
+        // While terminating it is waited for too.
+        let mut o2 = o.clone();
+        let mut terminating = pod(1, OLD);
+        terminating.terminating = true;
+        o2.pods = Some(vec![pod(0, OLD), terminating, pod(2, NEW)]);
+        let plan2 = super::plan(&o2).unwrap();
+        assert!(
+            matches!(&plan2.step, Some(ClusterStep::Roll { step: Step::Wait(why), .. }) if why.contains("demo-1 to terminate")),
+            "{:?}",
+            plan2.step
+        );
+    }
+
+    #[test]
+    fn no_roll_while_scaling_or_when_the_statefulset_says_every_pod_is_updated() {
+        let lc = initialized(json!({"replicas": 4}), &[0, 1, 2]);
+        let mut o = observed(
+            lc.clone(),
+            Some(statefulset(3, Some(0))),
+            led(0, &[0, 1, 2], &[]),
+        );
+        o.pods = Some(vec![pod(0, OLD), pod(1, OLD), pod(2, OLD)]);
+        assert_eq!(plan(&o).unwrap().step, None, "scaling comes first");
+        let steady = observed(
+            initialized(json!({}), &[0, 1, 2]),
+            Some(statefulset(3, None)),
+            led(0, &[0, 1, 2], &[]),
+        );
+        let plan = plan(&steady).unwrap();
+        assert_eq!(
+            (plan.step.clone(), progress(&plan)),
+            (None, Progress::Steady)
+        );
+        assert_eq!(plan.requeue_after(), RESYNC);
+    }
+
+    #[test]
+    fn a_due_certificate_renewal_is_reported_and_the_next_one_requeues_the_reconcile() {
+        let lc = initialized(json!({}), &[0, 1, 2]);
+        let mut o = observed(lc, Some(statefulset(3, None)), led(0, &[0, 1, 2], &[]));
+        let mut certs = certificates();
+        certs.issued = vec![IssuedRecord {
+            secret_name: "demo-node-tls".into(),
+            reason: IssueReason::RenewalDue,
+            not_after: now() + Duration::from_secs(90 * 24 * 3600),
+        }];
+        // Another certificate is due in ten seconds.
+        certs.next_renewal = Some(now() + Duration::from_secs(10));
+        o.credentials = Credentials::Current(certs);
+        let plan = plan(&o).unwrap();
+        assert_eq!(reasons(&plan.certificate_events), ["CertificateRenewed"]);
+        let status = plan.status.render();
+        assert_eq!(
+            condition(&status, "CertificatesReady"),
+            ("True".to_owned(), "Renewed".to_owned())
+        );
+        assert_eq!(progress(&plan), Progress::Steady);
+        assert_eq!(plan.requeue_after(), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn paused_or_without_certificates_only_the_status_is_written() {
+        let mut o = observed(
+            initialized(json!({"paused": true, "replicas": 5}), &[0, 1, 2]),
+            Some(statefulset(3, None)),
+            led(0, &[0, 1, 2], &[]),
+        );
+        o.credentials = Credentials::Paused;
+        let paused = plan(&o).unwrap();
+        assert!(paused.objects.is_none() && paused.step.is_none() && paused.gossip_key.is_none());
+        assert_eq!(
+            condition(&paused.status.render(), "Progressing").1,
+            "Paused"
+        );
+        assert_eq!(paused.requeue_after(), RESYNC);
+
+        o.credentials = Credentials::Failed("Secret prod/ext-ca: not found".into());
+        let failed = plan(&o).unwrap();
+        assert!(failed.objects.is_none() && failed.step.is_none());
+        assert_eq!(
+            condition(&failed.status.render(), "CertificatesReady"),
+            ("False".to_owned(), "CertificateError".to_owned())
+        );
+    }
+}
