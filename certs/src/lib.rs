@@ -10,6 +10,7 @@
 //! * [`inspect`] — what a PEM certificate says (subject, SANs, usages, validity), for expiry
 //!   checks, `logctl certs inspect` and the operator's renewal decisions.
 //! * [`write_pem_files`] — atomic writes with `0600` keys.
+//! * `testsuite` (feature `testsuite`) — `TestPki`, the throwaway PKI every crate's tests use.
 //!
 //! Every private key is a fresh ECDSA P-256 key, serialized as PKCS#8 PEM (what rustls and Go's
 //! `crypto/tls` load). Times in certificates have one-second precision; the `SystemTime`s this
@@ -28,6 +29,9 @@ pub use error::{Error, Result};
 pub use files::{PemPaths, read_file, write_pem_files};
 pub use inspect::{CertificateInfo, inspect};
 pub use request::{CertificateRequest, Usage};
+
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 #[cfg(test)]
 mod tests;
