@@ -103,8 +103,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs a `logctl certs` subcommand, printing to stdout.
 pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = crate::output::stdout();
     run_with_output(cmd, &mut out, SystemTime::now())
 }
 

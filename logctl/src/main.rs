@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use logcluster_node::cli::{admin, bench, certs, client, dev};
+use logctl::{admin, bench, certs, client, dev, output};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +40,14 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    match run(cli) {
+        // `logctl consume | head -1`: the reader has what it wanted; that is a normal end.
+        Err(e) if output::is_stdout_closed(&e) => Ok(()),
+        outcome => outcome,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

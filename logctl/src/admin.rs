@@ -65,7 +65,7 @@ async fn admin_client(connect: &ConnectArgs) -> Result<AdminClient<Channel>> {
 /// Runs an admin command and prints its outcome.
 pub async fn admin(args: AdminArgs) -> Result<()> {
     let mut client = admin_client(&args.connect).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match args.command {
         AdminCommand::Status => {
             let status = client

@@ -148,7 +148,7 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let client = args.connect.connect().await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     if !args.values.is_empty() {
         for value in args.values {
             let offset = client.produce(Bytes::from(value)).await.map_err(explain)?;
@@ -186,7 +186,7 @@ async fn send_batch(client: &LogClient, batch: Vec<Bytes>, out: &mut impl Write)
 /// Prints committed records from `--from`, to the current end or following the tail.
 pub async fn consume(args: ConsumeArgs) -> Result<()> {
     let client = args.connect.connect().await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     let limit = args.limit.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     if args.follow {
@@ -257,7 +257,7 @@ fn hex_string(bytes: &[u8]) -> String {
 pub async fn servers(args: ServersArgs) -> Result<()> {
     let client = args.connect.connect().await?;
     let servers = client.servers().await.map_err(explain)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "{:<6} {:<32} {:<8} {:<7} {:>12}",

@@ -18,7 +18,9 @@ use logcluster_api::log_v1::ServerRole;
 use logcluster_api::{ClientConfig, ClientTls, LogClient};
 use logcluster_certs::{CertificateAuthority, CertificateRequest, read_file, write_pem_files};
 
-use crate::membership::GossipKey;
+/// Length of the cluster gossip key: `lognode --gossip-key-file` reads 32 bytes as 64 hex digits
+/// (or raw), a ChaCha20-Poly1305 key.
+const GOSSIP_KEY_LEN: usize = 32;
 
 /// Subject of the generated client certificate (its CN).
 const CLIENT_NAME: &str = "dev";
@@ -101,7 +103,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         .context("loading the generated client certificate")?;
     let ready = tokio::select! {
         ready = wait_until_formed(&addrs, tls, args.nodes, args.ready_timeout, &mut nodes, &dir) => ready,
-        () = crate::agent::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+        () = shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Err(e) = ready {
         nodes.stop_all();
@@ -110,7 +112,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     print_usage(&dir, &files, net, &addrs);
 
     let outcome = tokio::select! {
-        () = crate::agent::shutdown_signal() => Ok(()),
+        () = shutdown_signal() => Ok(()),
         exited = nodes.first_exit() => {
             let (i, status) = exited;
             Err(anyhow::anyhow!(
@@ -145,13 +147,11 @@ fn log_path(dir: &Path, i: u8) -> PathBuf {
     dir.join(format!("node-{i}")).join("lognode.log")
 }
 
+/// `dir` as an absolute path without `.` components, so that the paths printed for copy and
+/// paste read `/repo/logcluster-dev/…`, not `/repo/./logcluster-dev/…`. (`..` stays: resolving
+/// it without following symlinks could name another directory.)
 fn absolute(dir: &Path) -> Result<PathBuf> {
-    if dir.is_absolute() {
-        return Ok(dir.to_owned());
-    }
-    Ok(std::env::current_dir()
-        .context("reading the current directory")?
-        .join(dir))
+    std::path::absolute(dir).with_context(|| format!("making {} absolute", dir.display()))
 }
 
 /// `lognode` next to this executable (a cargo build puts them together), else on `PATH`.
@@ -222,7 +222,7 @@ fn prepare_files(dir: &Path, nodes: u8, net: Loopback) -> Result<DevFiles> {
     }
     let gossip_key = dir.join("gossip.key");
     if !gossip_key.exists() {
-        write_secret(&gossip_key, GossipKey::generate().to_hex().as_bytes())?;
+        write_secret(&gossip_key, new_gossip_key().as_bytes())?;
     }
     Ok(DevFiles {
         ca: ca_cert,
@@ -233,6 +233,30 @@ fn prepare_files(dir: &Path, nodes: u8, net: Loopback) -> Result<DevFiles> {
         policy,
         gossip_key,
     })
+}
+
+/// A fresh random gossip key in the hex form `lognode --gossip-key-file` reads (the node's
+/// `GossipKey::from_file`; kept in step by the `logctl_dev` end-to-end test, which starts nodes
+/// with it).
+fn new_gossip_key() -> String {
+    hex::encode(rand::random::<[u8; GOSSIP_KEY_LEN]>())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        // Without a SIGTERM handler, Ctrl-C still stops the cluster.
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn write_secret(path: &Path, contents: &[u8]) -> Result<()> {
@@ -389,6 +413,13 @@ fn print_usage(dir: &Path, files: &DevFiles, net: Loopback, addrs: &[String]) {
     println!();
     println!("In another terminal:");
     println!();
+    // The README's quick start runs `logctl` from PATH: name the directory this one is in.
+    if let Some(bin_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        println!("  export PATH={}:$PATH", bin_dir.display());
+    }
     println!("  export LOGCLUSTER_ADDR={}", addrs.join(","));
     println!("  export LOGCLUSTER_CA={}", files.ca.display());
     println!("  export LOGCLUSTER_CERT={}", files.client_cert.display());
@@ -435,6 +466,8 @@ impl Nodes {
 
     /// SIGTERM to every node (highest id first, so leadership settles on the survivors), then
     /// waits; a node still running after the patience is killed.
+    // NB: the crate's only unsafe code: std can send SIGKILL to a child, not SIGTERM.
+    #[allow(unsafe_code)]
     fn stop_all(&mut self) {
         for (i, child) in self.children.iter_mut().rev() {
             if child.try_wait().ok().flatten().is_some() {
@@ -477,5 +510,32 @@ impl Drop for Nodes {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gossip_key_is_64_hex_digits_as_lognode_reads_it() {
+        let key = new_gossip_key();
+        assert_eq!(key.len(), 2 * GOSSIP_KEY_LEN, "{key}");
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+        assert_ne!(key, new_gossip_key(), "keys are random");
+    }
+
+    #[test]
+    fn the_default_directory_prints_without_a_dot_component() {
+        let dir = absolute(Path::new("./logcluster-dev")).expect("absolute");
+        let cwd = std::env::current_dir().expect("current dir");
+        assert_eq!(dir, cwd.join("logcluster-dev"));
+        assert!(
+            !dir.display().to_string().contains("/./"),
+            "{}",
+            dir.display()
+        );
+        let kept = Path::new("/already/absolute");
+        assert_eq!(absolute(kept).expect("absolute"), kept);
     }
 }

@@ -6,6 +6,7 @@
 //! rate while it runs; the summary gives records/s, MB/s and latency percentiles.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -169,10 +170,12 @@ fn micros(elapsed: Duration) -> u32 {
 /// Runs the benchmark and prints its summary.
 pub async fn bench(args: BenchArgs) -> Result<()> {
     let summary = run(&args).await?;
+    let mut out = crate::output::stdout();
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     } else {
-        println!(
+        writeln!(
+            out,
             "mode={} concurrency={} record_size={}B records={} errors={} time={:.2}s\n\
              throughput: {:.0} records/s, {:.2} MB/s\n\
              latency per call: p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms",
@@ -188,7 +191,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             summary.latency_ms_p99,
             summary.latency_ms_p999,
             summary.latency_ms_max,
-        );
+        )?;
     }
     if summary.errors > 0 {
         bail!("{} calls failed", summary.errors);
