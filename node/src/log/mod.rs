@@ -41,45 +41,30 @@
 //! Purged and reset segments are unlinked while readers may still hold the file open; those
 //! readers simply read the old bytes. Index mappings are only replaced under the exclusive lock.
 //!
-//! # Recovery (what [`Log::open`] does)
+//! # Recovery
 //!
-//! 1. Lock the directory; list `<20 digits>.store` / `.index` files (others are ignored).
-//! 2. An index without a store is the leftover of an interrupted deletion (deletion removes the
-//!    index first): it is deleted when it lies outside the range of stores, and is corruption
-//!    when it lies between them.
-//! 3. Every segment but the last is opened *sealed* after an O(1) check: index size a positive
-//!    multiple of 12, first entry `(0, 0)`, last entry `(n-1, p)`, and the frame at `p` valid
-//!    (CRC, index `base+n-1`) and ending exactly at the end of the store. If the check fails,
-//!    the whole store is scanned: if every frame is valid the index is rebuilt (it is only a
-//!    cache); otherwise open fails with `Corrupt { path, position }` of the first invalid frame.
-//!    Sealed data is never dropped silently. Damage inside a sealed segment that the O(1) check
-//!    does not touch is found when it is read (every read validates its frames).
-//! 4. The last segment is scanned frame by frame from its start: the store is cut (and synced) at
-//!    the first torn or invalid frame, and the index is rebuilt from the valid frames. So a
-//!    preallocated, stale, or garbage index can never yield a wrong next offset: the store alone
-//!    decides. Only after a clean shutdown (marker present) is the last segment opened with the
-//!    O(1) check instead of the scan, falling back to the scan if the check fails.
-//! 5. Segments must be contiguous (`end` of one = `base` of the next). The one allowed
-//!    exception is an interrupted [`Log::reset`]: an *empty* last segment after a gap or
-//!    overlap; the segments before it are deleted, completing the reset. Any other gap is
-//!    `Corrupt`.
-//! 6. Then the marker is removed (and the directory synced), and `durable_offset = next_offset`.
+//! [`Log::open`] repairs whatever a crash left (a torn tail, a stale or missing index, an
+//! interrupted deletion or reset) before the log is used; the `recovery` module says which crash
+//! states it repairs, how, and what it guarantees. In short: the store decides, the index is a
+//! cache, and sealed data is never dropped silently.
 //!
 //! Deletions are ordered so that every crash leaves a valid log: truncation deletes the newest
 //! segments first (leaving a prefix), purge the oldest first (leaving a suffix), reset deletes
 //! segments at or above its new base newest first, then creates the new empty segment, then
 //! deletes the rest oldest first; the directory is synced after each segment.
 
+mod config;
 mod error;
 pub mod frame;
 mod index;
-#[allow(clippy::module_inception)]
-mod log;
+mod recovery;
 mod segment;
+mod segmented;
 mod store;
 
+pub use config::{FsyncPolicy, LogConfig};
 pub use error::{Error, Result};
 pub use frame::{Entry, EntryKind, LogId};
 pub use index::ENTRY_WIDTH;
-pub use log::{FsyncPolicy, Log, LogConfig, LogStats};
 pub use segment::{INDEX_EXT, STORE_EXT, parse_segment_file_name, segment_paths};
+pub use segmented::{Log, LogStats};

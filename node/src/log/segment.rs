@@ -37,6 +37,14 @@ pub fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
     Some((stem.parse().ok()?, ext))
 }
 
+/// `fsync` of the log directory: makes the creation or deletion of segment files durable (a
+/// synced file whose directory entry is not synced may vanish in a crash).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
 /// How a recovered segment ended: what was cut off, if anything.
 #[derive(Debug, Default)]
 pub(crate) struct Recovery {
@@ -138,21 +146,25 @@ impl Segment {
         let (store_path, index_path) = segment_paths(dir, base);
         let (mut store, store_len) = Store::open(&store_path)?;
         let (index_file, index_len) = SegmentIndex::open_file(&index_path)?;
-        if let Ok(last) = check_index(&store, store_len, &index_file, index_len, base) {
-            store.set_size(store_len);
-            let count = index_len / ENTRY_WIDTH;
-            let index = if active {
-                SegmentIndex::activate(&index_path, index_file, max_index_bytes, count)?
-            } else {
-                SegmentIndex::sealed(&index_path, index_file, count)?
+        let mismatch =
+            match check_index(&store, store_len, &index_path, &index_file, index_len, base) {
+                Err(mismatch) => mismatch,
+                Ok(last) => {
+                    store.set_size(store_len);
+                    let count = index_len / ENTRY_WIDTH;
+                    let index = if active {
+                        SegmentIndex::activate(&index_path, index_file, max_index_bytes, count)?
+                    } else {
+                        SegmentIndex::sealed(&index_path, index_file, count)?
+                    };
+                    return Ok(Segment {
+                        base,
+                        store,
+                        index,
+                        last: Some(last),
+                    });
+                }
             };
-            return Ok(Segment {
-                base,
-                store,
-                index,
-                last: Some(last),
-            });
-        }
         if active {
             drop((store, index_file));
             let (segment, recovery) = Segment::recover_active(dir, base, max_index_bytes, sync)?;
@@ -161,6 +173,7 @@ impl Segment {
                     path = %store_path.display(),
                     bytes = recovery.truncated_bytes,
                     reason = recovery.reason.as_deref().unwrap_or(""),
+                    %mismatch,
                     "clean-shutdown marker present but the last segment was inconsistent; cut its tail"
                 );
             }
@@ -188,7 +201,7 @@ impl Segment {
                 "sealed segment holds no entries",
             ));
         }
-        tracing::warn!(path = %index_path.display(), entries = end.frames, "sealed index was inconsistent with its intact store; rebuilt it");
+        tracing::warn!(path = %index_path.display(), entries = end.frames, %mismatch, "sealed index was inconsistent with its intact store; rebuilt it");
         store.set_size(store_len);
         let index = SegmentIndex::rewrite_sealed(&index_path, index_file, &entries, sync)?;
         Ok(Segment {
@@ -329,32 +342,50 @@ impl Segment {
 }
 
 /// Cheap consistency check of an index against its store; returns the last frame's header.
+/// A mismatch is `Corrupt` at the index entry (or store frame) that disagrees; the caller
+/// decides whether that is fatal (it rebuilds the index when the store is intact).
 fn check_index(
     store: &Store,
     store_len: u64,
+    index_path: &Path,
     index_file: &File,
     index_len: u64,
     base: u64,
-) -> std::result::Result<FrameHeader, String> {
+) -> Result<FrameHeader> {
     let count = index_len / ENTRY_WIDTH;
     if count == 0 || !index_len.is_multiple_of(ENTRY_WIDTH) {
-        return Err(format!(
-            "index size {index_len} is not a positive multiple of {ENTRY_WIDTH}"
+        return Err(Error::corrupt(
+            index_path,
+            0,
+            format!("index size {index_len} is not a positive multiple of {ENTRY_WIDTH}"),
         ));
     }
     if SegmentIndex::read_raw(index_file, index_len, 0) != Some((0, 0)) {
-        return Err("first index entry is not (0, 0)".into());
-    }
-    let Some((rel, pos)) = SegmentIndex::read_raw(index_file, index_len, count - 1) else {
-        return Err("last index entry unreadable".into());
-    };
-    if u64::from(rel) != count - 1 || pos >= store_len {
-        return Err(format!(
-            "last index entry ({rel}, {pos}) does not fit {count} entries"
+        return Err(Error::corrupt(
+            index_path,
+            0,
+            "first index entry is not (0, 0)",
         ));
     }
-    let (header, _) = Store::read_frame(store.shared(), pos, store_len - pos, base + count - 1)
-        .map_err(|e| e.to_string())?;
+    let last_at = (count - 1) * ENTRY_WIDTH;
+    let Some((rel, pos)) = SegmentIndex::read_raw(index_file, index_len, count - 1) else {
+        return Err(Error::corrupt(
+            index_path,
+            last_at,
+            "last index entry unreadable",
+        ));
+    };
+    if u64::from(rel) != count - 1 || pos >= store_len {
+        return Err(Error::corrupt(
+            index_path,
+            last_at,
+            format!(
+                "last index entry ({rel}, {pos}) does not fit {count} entries in a store of \
+                 {store_len} bytes"
+            ),
+        ));
+    }
+    let (header, _) = Store::read_frame(store.shared(), pos, store_len - pos, base + count - 1)?;
     Ok(header)
 }
 
@@ -468,6 +499,40 @@ mod tests {
             matches!(&err, Error::Corrupt { path, position, .. } if *path == store_path && *position == positions[1]),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_index_check_names_the_index_file_and_the_entry_that_disagrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut segment, positions) = segment_with(dir.path(), 0, &[5, 6, 7]);
+        segment.index.seal().unwrap();
+        drop(segment);
+        let (store_path, index_path) = segment_paths(dir.path(), 0);
+        let check = |index_bytes: &[u8]| {
+            std::fs::write(&index_path, index_bytes).unwrap();
+            let (store, store_len) = Store::open(&store_path).unwrap();
+            let (file, len) = SegmentIndex::open_file(&index_path).unwrap();
+            check_index(&store, store_len, &index_path, &file, len, 0)
+        };
+        let good = std::fs::read(&index_path).unwrap();
+        assert_eq!(check(&good).unwrap().index, 2);
+        let mut wrong_last = good.clone();
+        wrong_last[24..28].copy_from_slice(&5u32.to_le_bytes());
+        let cases = [
+            // Not whole entries: the index as a whole.
+            (&good[..30], &index_path, 0),
+            // The last entry claims another relative offset.
+            (&wrong_last[..], &index_path, 24),
+            // Entries lost: the frame the last entry points at does not end the store.
+            (&good[..24], &store_path, positions[1]),
+        ];
+        for (bytes, file, position) in cases {
+            let err = check(bytes).unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { path, position: p, .. } if path == file && *p == position),
+                "{err}"
+            );
+        }
     }
 
     #[test]

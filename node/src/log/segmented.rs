@@ -1,7 +1,7 @@
-//! [`Log`]: the segmented log itself (see the module docs of [`crate::log`] for the design and
-//! the recovery algorithm).
+//! [`Log`]: the segmented log itself — the write path (append, roll, sync, truncate, purge,
+//! reset, close) and the read path over its segments. See the module docs of [`crate::log`]
+//! for the design; opening an existing directory is the `recovery` module's job.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -14,91 +14,16 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::watch;
 
+use super::config::{FsyncPolicy, LogConfig};
 use super::error::{Error, Result};
 use super::frame::{self, Entry, FrameHeader, HEADER_LEN, LogId};
 use super::index::ENTRY_WIDTH;
-use super::segment::{INDEX_EXT, STORE_EXT, Segment, parse_segment_file_name, segment_paths};
+use super::recovery::{CLEAN_SHUTDOWN_FILE, recover};
+use super::segment::{Segment, sync_dir};
 use super::store::{Store, StoreFile, check_first_frame_len, check_frame};
 
+/// Advisory lock file: one `Log` per directory, across processes.
 const LOCK_FILE: &str = "LOCK";
-const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
-
-/// When appended data is made durable with `fdatasync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// [`Log::append`] returns only after one `fdatasync` covering its whole batch (and
-    /// everything appended before it). The default.
-    Always,
-    /// A background thread calls [`Log::sync`] at this interval; appends return before their
-    /// data is durable. A crash of the machine can lose up to one interval of acknowledged data:
-    /// an explicit, weaker option.
-    Interval(Duration),
-    /// Tests only: no `fdatasync` is ever issued. [`Log::sync`] still moves
-    /// [`Log::durable_offset`] as if it had synced, so code behaves as with `Always`, but nothing
-    /// survives a machine crash (a process crash loses nothing: the data is in the page cache).
-    Never,
-}
-
-/// Configuration of a [`Log`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogConfig {
-    /// A segment rolls before its store would exceed this many bytes (a single frame larger
-    /// than this still gets a segment of its own).
-    pub max_store_bytes: u64,
-    /// A segment rolls before its index would exceed this many bytes (12 per entry, so at most
-    /// `max_index_bytes / 12` entries per segment; must be at least 12).
-    pub max_index_bytes: u64,
-    /// Offset of the first entry of a new, empty log.
-    pub initial_offset: u64,
-    pub fsync: FsyncPolicy,
-    /// Largest payload accepted, in bytes (the frame adds 33 bytes of header).
-    pub max_record_bytes: u32,
-}
-
-impl Default for LogConfig {
-    /// 1 GiB stores, 10 MiB indexes (873 813 entries), fsync always, 1 MiB records.
-    fn default() -> Self {
-        LogConfig {
-            max_store_bytes: 1 << 30,
-            max_index_bytes: 10 << 20,
-            initial_offset: 0,
-            fsync: FsyncPolicy::Always,
-            max_record_bytes: 1 << 20,
-        }
-    }
-}
-
-impl LogConfig {
-    fn validate(&self) -> Result<()> {
-        let invalid = |reason: String| Err(Error::InvalidConfig { reason });
-        if self.max_index_bytes < ENTRY_WIDTH {
-            return invalid(format!(
-                "max_index_bytes {} cannot hold one {ENTRY_WIDTH}-byte entry",
-                self.max_index_bytes
-            ));
-        }
-        if self.max_index_bytes / ENTRY_WIDTH > u64::from(u32::MAX) + 1 {
-            return invalid(format!(
-                "max_index_bytes {} allows more entries per segment than a u32 relative offset \
-                 addresses",
-                self.max_index_bytes
-            ));
-        }
-        if self.max_store_bytes == 0 {
-            return invalid("max_store_bytes must be positive".into());
-        }
-        if self.max_record_bytes > u32::MAX - frame::MIN_LEN_FIELD {
-            return invalid(format!(
-                "max_record_bytes {} does not fit the frame's u32 length",
-                self.max_record_bytes
-            ));
-        }
-        if self.fsync == FsyncPolicy::Interval(Duration::ZERO) {
-            return invalid("the fsync interval must be positive".into());
-        }
-        Ok(())
-    }
-}
 
 /// Figures for metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,8 +160,10 @@ struct Flusher {
 }
 
 impl Log {
-    /// Opens the log in `dir` (created if missing), recovering from any crash; see the module
-    /// docs for the recovery algorithm. A new log starts at `config.initial_offset`.
+    /// Opens the log in `dir` (created if missing), recovering from any crash: a torn tail of
+    /// the last segment is cut, stale indexes are rebuilt, an interrupted reset is completed,
+    /// and damaged sealed data is reported as [`Error::Corrupt`] (the `recovery` module has the
+    /// details). A new log starts at `config.initial_offset`.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -321,7 +248,15 @@ impl Log {
 
     /// Reads entries from `from` on: at most `max_entries` (0 counts as 1), stopping before the
     /// encoded frames (payload + 33 bytes each) would exceed `max_bytes`, but always at least
-    /// one entry; stops at the end of the log. `OutOfRange` unless `first <= from < next`.
+    /// one entry; stops at the end of the log.
+    ///
+    /// `OutOfRange` (with the valid range) unless `first <= from < next`, as for [`Log::read`]:
+    /// also at exactly `from == next`, so a successful read is never empty. Callers do not
+    /// read at the end to learn that nothing is there: each bounds `from` by its own watermark
+    /// first (the commit or applied offset, the range openraft asks for), and a tailing reader
+    /// waits on [`Log::subscribe`] until the announced next offset is past what it has read.
+    /// An `OutOfRange` from a read that was in range when planned means a concurrent
+    /// truncation, purge or reset moved the log.
     pub fn read_range(
         &self,
         from: u64,
@@ -979,125 +914,6 @@ fn read_chunk(chunk: &Chunk, out: &mut Vec<Entry>) -> Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
-}
-
-/// Opens every segment in `dir`, as described in the module docs.
-fn recover(dir: &Path, config: &LogConfig, sync: bool) -> Result<Vec<Segment>> {
-    // base -> (has store, has index)
-    let mut found: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
-    let listing = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
-    for item in listing {
-        let item = item.map_err(|e| Error::io("list", dir, e))?;
-        let name = item.file_name();
-        let Some((base, ext)) = name.to_str().and_then(parse_segment_file_name) else {
-            continue;
-        };
-        let slot = found.entry(base).or_default();
-        match ext {
-            STORE_EXT => slot.0 = true,
-            INDEX_EXT => slot.1 = true,
-            _ => {}
-        }
-    }
-    let stores: Vec<u64> = found.iter().filter(|(_, f)| f.0).map(|(&b, _)| b).collect();
-    for (&base, _) in found.iter().filter(|(_, f)| !f.0) {
-        let (_, index_path) = segment_paths(dir, base);
-        let inside = stores.first().is_some_and(|&lo| lo < base)
-            && stores.last().is_some_and(|&hi| base < hi);
-        if inside {
-            return Err(Error::corrupt(
-                &index_path,
-                0,
-                "index file without its store between other segments",
-            ));
-        }
-        tracing::info!(path = %index_path.display(), "removing an index left over from an interrupted deletion");
-        Segment::delete_files(dir, base)?;
-    }
-
-    let marker = dir.join(CLEAN_SHUTDOWN_FILE);
-    let clean = marker.exists();
-    let Some((&last_base, sealed_bases)) = stores.split_last() else {
-        let segment = Segment::create(dir, config.initial_offset, config.max_index_bytes)?;
-        if sync {
-            sync_dir(dir)?;
-        }
-        remove_marker(&marker, clean, dir, sync)?;
-        return Ok(vec![segment]);
-    };
-
-    let mut segments = Vec::with_capacity(stores.len());
-    for &base in sealed_bases {
-        segments.push(Segment::open_checked(
-            dir,
-            base,
-            config.max_index_bytes,
-            false,
-            sync,
-        )?);
-    }
-    let last = if clean {
-        Segment::open_checked(dir, last_base, config.max_index_bytes, true, sync)?
-    } else {
-        let (segment, recovery) =
-            Segment::recover_active(dir, last_base, config.max_index_bytes, sync)?;
-        if recovery.truncated_bytes > 0 {
-            tracing::warn!(
-                path = %segment.store.path().display(),
-                bytes = recovery.truncated_bytes,
-                reason = recovery.reason.as_deref().unwrap_or(""),
-                "cut a torn or invalid tail off the last segment"
-            );
-        }
-        if sync {
-            // What survived a process crash may still be only in the page cache.
-            segment.store.shared().sync_data()?;
-        }
-        segment
-    };
-    segments.push(last);
-
-    // Contiguity, with the interrupted-reset exception for an empty last segment.
-    let n = segments.len();
-    for i in 0..n.saturating_sub(1) {
-        let (end, next_base) = (segments[i].end(), segments[i + 1].base());
-        if end == next_base {
-            continue;
-        }
-        if i + 2 == n && segments[n - 1].len() == 0 {
-            tracing::warn!(base = next_base, "completing an interrupted reset");
-            for segment in segments.drain(..n - 1) {
-                Segment::delete_files(dir, segment.base())?;
-                if sync {
-                    sync_dir(dir)?;
-                }
-            }
-            break;
-        }
-        return Err(Error::corrupt(
-            segments[i + 1].store.path(),
-            0,
-            format!("segment starts at offset {next_base} but the previous one ends at {end}"),
-        ));
-    }
-    remove_marker(&marker, clean, dir, sync)?;
-    Ok(segments)
-}
-
-fn remove_marker(marker: &Path, present: bool, dir: &Path, sync: bool) -> Result<()> {
-    if present {
-        std::fs::remove_file(marker).map_err(|e| Error::io("delete", marker, e))?;
-        if sync {
-            sync_dir(dir)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-#[path = "log_tests.rs"]
+#[path = "segmented_tests.rs"]
 mod tests;

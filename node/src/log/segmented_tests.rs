@@ -2,13 +2,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::*;
 use crate::log::EntryKind;
+use crate::log::segment::{STORE_EXT, parse_segment_file_name, segment_paths};
 
 /// Payload that encodes its entry's index and term, so that any returned entry can be checked
 /// on its own (concurrent tests cannot know which version of an offset they will see).
@@ -760,12 +761,18 @@ async fn subscribe_wakes_a_waiting_reader() {
             let mut seen = Vec::new();
             while seen.len() < 5 {
                 rx.changed().await.unwrap();
-                let next = *rx.borrow_and_update();
+                let announced = *rx.borrow_and_update();
                 let from = seen.len() as u64;
+                // NB: a read returns everything readable, which may be more than was announced
+                // (more may have been appended since the notification); a later notification
+                // then announces only what was already read. Read only what is new.
+                if announced <= from {
+                    continue;
+                }
                 let got = tokio::task::block_in_place(|| log.read_range(from, 100, 1 << 20));
                 seen.extend(got.unwrap());
-                // Everything announced is readable (more may have arrived since).
-                assert!(seen.len() as u64 >= next);
+                // Everything announced is readable by the time it is announced.
+                assert!(seen.len() as u64 >= announced);
             }
             seen
         })
@@ -778,11 +785,31 @@ async fn subscribe_wakes_a_waiting_reader() {
     })
     .await
     .unwrap();
-    let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+    let seen = tokio::time::timeout(Duration::from_secs(120), reader)
         .await
         .expect("the reader was never woken")
         .unwrap();
     assert_eq!(seen, entries(0..5, 1, 10));
+}
+
+#[test]
+fn read_range_at_the_end_is_out_of_range_like_read() {
+    // The contract (see `Log::read_range`): a successful read is never empty, so `next` itself
+    // is out of range; a tailing reader waits on `subscribe` until `next` moves past it.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(3 * F, 1200)).unwrap();
+    for next in [0u64, 3, 4] {
+        log.append(&entries(log.next_offset()..next, 1, 10))
+            .unwrap();
+        for from in [next, next + 1] {
+            let err = log.read_range(from, 10, 1000).unwrap_err();
+            assert!(
+                matches!(err, Error::OutOfRange { offset, first: 0, next: n } if offset == from && n == next),
+                "from {from}: {err}"
+            );
+        }
+    }
+    assert_eq!(log.read_range(3, 10, 1000).unwrap(), entries(3..4, 1, 10));
 }
 
 /// Checks an entry read concurrently: whatever version it is, it must be whole and be the
@@ -805,19 +832,74 @@ fn check_consistent(offset: u64, e: &Entry) {
     assert_eq!(e.timestamp_ms, 1_000 + e.index);
 }
 
+/// Counts the rounds of concurrent reader threads, so that the writer can wait until every
+/// reader has run between two of its phases: on a loaded machine the readers might otherwise
+/// not be scheduled at all before the writer is done, and the test would check nothing.
+struct ReaderRounds {
+    rounds: Vec<AtomicU64>,
+    lock: parking_lot::Mutex<()>,
+    advanced: parking_lot::Condvar,
+}
+
+impl ReaderRounds {
+    fn new(readers: usize) -> Self {
+        ReaderRounds {
+            rounds: (0..readers).map(|_| AtomicU64::new(0)).collect(),
+            lock: parking_lot::Mutex::new(()),
+            advanced: parking_lot::Condvar::new(),
+        }
+    }
+
+    fn finished_round(&self, reader: usize) {
+        self.rounds[reader].fetch_add(1, Ordering::SeqCst);
+        // Taking the lock orders the increment before a waiter's check or after its wait began,
+        // so the notification is never lost.
+        drop(self.lock.lock());
+        self.advanced.notify_all();
+    }
+
+    fn snapshot(&self) -> Vec<u64> {
+        self.rounds
+            .iter()
+            .map(|r| r.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Waits until every reader has finished a round since `since`, or one of them has exited
+    /// (it panicked; joining it reports why).
+    fn wait_for_every_reader(&self, since: &[u64], readers: &[std::thread::JoinHandle<u64>]) {
+        let mut guard = self.lock.lock();
+        loop {
+            let all_ran = self
+                .rounds
+                .iter()
+                .zip(since)
+                .all(|(round, &seen)| round.load(Ordering::SeqCst) > seen);
+            if all_ran || readers.iter().any(|r| r.is_finished()) {
+                return;
+            }
+            // A panicking reader notifies nobody: the bounded wait re-checks `is_finished`.
+            self.advanced
+                .wait_for(&mut guard, Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn concurrent_readers_never_see_torn_or_foreign_entries() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config(4096, 12 * 50)).unwrap();
     log.append(&entries(0..50, 1, 40)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(ReaderRounds::new(3));
     let readers: Vec<_> = (0..3)
         .map(|r| {
             let log = log.clone();
             let stop = Arc::clone(&stop);
+            let rounds = Arc::clone(&rounds);
             std::thread::spawn(move || {
                 let mut reads = 0u64;
-                let mut i = r;
+                let mut i = r as u64;
                 while !stop.load(Ordering::Relaxed) {
                     i = (i * 7 + 13) % 100_000;
                     let (first, next) = (log.first_offset(), log.next_offset());
@@ -840,14 +922,19 @@ fn concurrent_readers_never_see_torn_or_foreign_entries() {
                         Err(Error::OutOfRange { .. }) => {}
                         Err(e) => panic!("read_range {offset}: {e}"),
                     }
+                    rounds.finished_round(r);
                 }
                 reads
             })
         })
         .collect();
-    // The writer appends, truncates (new terms rewrite the same offsets), purges, and resets.
+    // The writer appends, truncates (new terms rewrite the same offsets), purges, and resets,
+    // in phases of 10 rounds; every reader reads at least once in every phase.
     let mut term = 1;
     for round in 0..150u64 {
+        if round % 10 == 0 {
+            rounds.wait_for_every_reader(&rounds.snapshot(), &readers);
+        }
         let next = log.next_offset();
         log.append(&entries(
             next..next + 1 + round % 17,
@@ -870,6 +957,7 @@ fn concurrent_readers_never_see_torn_or_foreign_entries() {
             log.reset(next + 3).unwrap();
         }
     }
+    rounds.wait_for_every_reader(&rounds.snapshot(), &readers);
     stop.store(true, Ordering::Relaxed);
     let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
     assert!(reads > 0);
