@@ -13,7 +13,7 @@ help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 dev: ## Run a local 3-node cluster on loopback (logctl dev; Ctrl-C stops it)
-	$(CARGO) build --release --locked --bin lognode --bin logctl
+	$(CARGO) build --release --locked -p logcluster-node -p logctl --bin lognode --bin logctl
 	$(CARGO_TARGET_DIR)/release/logctl dev $(DEV_ARGS)
 
 test: setup fmt-check clippy deny-openssl unit ## The whole suite: formatting, lints, dependency checks, every test

@@ -46,7 +46,7 @@ binaries() {
     CARGO_TARGET_DIR="$TARGET_DIR" \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
     nice -n 19 cargo build --locked --profile "$PROFILE" --target "$TARGET" \
-    -p logcluster-node -p logcluster-operator \
+    -p logcluster-node -p logctl -p logcluster-operator \
     --bin lognode --bin logctl --bin logcluster-operator
   rm -rf "$CONTEXT"
   mkdir -p "$CONTEXT/bin"
