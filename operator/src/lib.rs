@@ -5,8 +5,13 @@
 //! scales the Raft cluster one member at a time through the nodes' admin API ([`scaling`],
 //! [`node_client`]) and reports what it sees ([`status`], [`metrics`], Events through
 //! [`events`]), and rolls a changed pod template out itself, the leader's pod last
-//! ([`rollout`]). [`controller`] wires it together; [`leader_election`] keeps two replicas from
-//! acting at once; [`rbac`] lists exactly the permissions all of this needs.
+//! ([`rollout`]). [`controller`] wires it together — observe, a pure plan, execute;
+//! [`leader_election`] keeps two replicas from acting at once; [`rbac`] lists exactly the
+//! permissions all of this needs.
+//!
+//! Layering, with no arrow back: [`node_id`] and [`crd`] (types) ← [`scaling`], [`rollout`],
+//! [`status`] (pure decisions) ← [`resources`] (builders) ← [`certificates`], [`node_client`]
+//! (clients) ← [`controller`] (the reconcile's I/O).
 #![forbid(unsafe_code)]
 
 pub mod certificates;

@@ -1,12 +1,11 @@
-//! Every write of a reconcile, in the order the [`Plan`] implies: Events about the certificate
-//! stage, the gossip key, the ConfigMap and Services, the StatefulSet, the one step on the
+//! Every write of a reconcile, in the order the [`Plan`] implies: the gossip key, the ConfigMap and Services, the StatefulSet, the one step on the
 //! cluster, the PodDisruptionBudget, the volume claims, then the status and its Events.
 //!
 //! A step that fails or is refused changes what the status reports (its progress message,
 //! whether the cluster is initialized); a failed scaling action fails the reconcile after the
 //! status was written, so the failure is visible on the resource too.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
@@ -20,7 +19,8 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::Context;
-use super::plan::{ClaimChanges, ClusterStep, Note, Plan};
+use super::plan::{ClaimChanges, ClusterStep, Note, Plan, certificate_events};
+use crate::certificates::CertificatesOutcome;
 use crate::crd::{LogCluster, ScalingPhase};
 use crate::node_client::NodeAdmin;
 use crate::node_id::NodeId;
@@ -40,13 +40,6 @@ pub async fn execute(
     admin: Option<&dyn NodeAdmin>,
 ) -> Result<Duration> {
     let ns = &names.namespace;
-    for note in &plan.certificate_events {
-        publish(ctx, lc, note).await;
-    }
-    if let Some(expiry) = &plan.certificate_expiry {
-        ctx.metrics
-            .set_certificate_expiry(ns, &names.cluster, expiry);
-    }
     if let Some(note) = &plan.gossip_key {
         // Created once, never rotated by the operator: every node must hold the same key at the
         // same time.
@@ -306,6 +299,25 @@ where
     )
     .await
     .map_err(|e| Error::kube(format!("applying {} {name}", K::kind(&())), e))
+}
+
+/// Reports what the certificate stage did: its Events and the expiry metric.
+pub async fn certificates_done(
+    ctx: &Context,
+    lc: &LogCluster,
+    names: &ClusterNames,
+    certs: &CertificatesOutcome,
+) {
+    for note in certificate_events(certs, names) {
+        publish(ctx, lc, &note).await;
+    }
+    let expiry: Vec<(String, SystemTime)> = certs
+        .statuses
+        .iter()
+        .map(|(s, t)| (s.secret_name.clone(), *t))
+        .collect();
+    ctx.metrics
+        .set_certificate_expiry(&names.namespace, &names.cluster, &expiry);
 }
 
 /// Publishes an Event about `lc`; a failure is logged, never fails the reconcile.

@@ -11,10 +11,10 @@
 //! [`crate::rollout`]), the claims to grow or delete, the Events and the status; [`execute`]
 //! does the writes. With `spec.paused` it only observes and reports.
 
-mod execute;
+pub mod execute;
 #[cfg(test)]
 mod fixtures;
-mod observe;
+pub mod observe;
 pub mod plan;
 #[cfg(test)]
 mod tests;
@@ -37,7 +37,7 @@ use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watc
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, field, info, info_span, warn};
 
-use self::observe::{Credentials, Observed};
+use self::observe::Credentials;
 use self::plan::Note;
 use crate::certificates::ensure_certificates;
 use crate::crd::{FINALIZER, LogCluster, RetentionPolicy};
@@ -172,6 +172,7 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
         let pods_for_names = lc.desired_replicas().max(sts_replicas.unwrap_or(0)).max(1);
         match ensure_certificates(&secrets, &lc, &names, pods_for_names, now).await {
             Ok(certs) => {
+                execute::certificates_done(&ctx, &lc, &names, &certs).await;
                 client_tls = Some(certs.client.clone());
                 Credentials::Current(certs)
             }
@@ -183,40 +184,12 @@ pub async fn apply(lc: Arc<LogCluster>, ctx: Arc<Context>) -> Result<Action> {
         }
     };
 
-    let live = matches!(credentials, Credentials::Current(_));
     let admin = match &client_tls {
         Some(tls) => Some(ctx.connector.connect(&names, tls)?),
         None => None,
     };
-    let gossip_key_valid = !live || observe::gossip_key_valid(&secrets, &names).await?;
-    let nodes = match &admin {
-        Some(admin) => Some(observe::nodes(admin.as_ref(), sts_replicas.unwrap_or(0)).await),
-        None => None,
-    };
-    let (pods, claims) = if live {
-        let pods = Api::namespaced(ctx.client.clone(), &ns);
-        let claims = Api::namespaced(ctx.client.clone(), &ns);
-        (
-            observe::pods_of_a_roll(&pods, &names, sts.as_ref()).await?,
-            observe::claims(&claims, &names).await?,
-        )
-    } else {
-        (None, Vec::new())
-    };
-    let observed = Observed {
-        lc: lc.clone(),
-        names: names.clone(),
-        settings: ctx.settings.clone(),
-        now,
-        resync: ctx.resync,
-        step_interval: ctx.step_interval,
-        statefulset: sts,
-        credentials,
-        gossip_key_valid,
-        nodes,
-        pods,
-        claims,
-    };
+    let observed =
+        observe::observe(&ctx, &lc, &names, sts, credentials, admin.as_deref(), now).await?;
 
     let plan = plan::plan(&observed)?;
     info!(

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
+use super::Context;
 use crate::certificates::{CertificatesOutcome, ClientTls};
 use crate::crd::LogCluster;
 use crate::node_client::NodeAdmin;
@@ -98,6 +99,53 @@ impl Observed {
             .and_then(|r| u32::try_from(r).ok())
             .unwrap_or(0)
     }
+}
+
+/// Every read after the certificate stage, into an [`Observed`]. `admin` is `None` when there is
+/// no operator certificate to ask the nodes with; only a live cluster (certificates current)
+/// gets its gossip key, pods and claims read.
+pub async fn observe(
+    ctx: &Context,
+    lc: &Arc<LogCluster>,
+    names: &ClusterNames,
+    statefulset: Option<StatefulSet>,
+    credentials: Credentials,
+    admin: Option<&dyn NodeAdmin>,
+    now: SystemTime,
+) -> Result<Observed> {
+    let live = matches!(credentials, Credentials::Current(_));
+    let ns = &names.namespace;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let gossip_key_valid = !live || gossip_key_valid(&secrets, names).await?;
+    let sts_replicas = replicas_of(statefulset.as_ref());
+    let nodes = match admin {
+        Some(admin) => Some(self::nodes(admin, sts_replicas.unwrap_or(0)).await),
+        None => None,
+    };
+    let (pods, claims) = if live {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+        (
+            pods_of_a_roll(&pods, names, statefulset.as_ref()).await?,
+            self::claims(&claims, names).await?,
+        )
+    } else {
+        (None, Vec::new())
+    };
+    Ok(Observed {
+        lc: lc.clone(),
+        names: names.clone(),
+        settings: ctx.settings.clone(),
+        now,
+        resync: ctx.resync,
+        step_interval: ctx.step_interval,
+        statefulset,
+        credentials,
+        gossip_key_valid,
+        nodes,
+        pods,
+        claims,
+    })
 }
 
 /// `spec.replicas` of a StatefulSet.

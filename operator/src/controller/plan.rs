@@ -1,14 +1,15 @@
 //! The pure core of a reconcile: [`plan`] turns an [`Observed`] into a [`Plan`] — the objects to
 //! apply, at most one step on the cluster (a scaling action through the admin API, or one step of
 //! a rolling update), the volume claims to grow or delete, the Events to publish and the status
-//! to write. No I/O and no clock: the time comes in [`Observed::now`].
+//! to write. No I/O and no clock: the time comes in [`Observed::now`]. The Events about the
+//! certificate stage, which runs before the observation, come from [`certificate_events`].
 //!
 //! A step can fail or be refused when [`execute`](super::execute) takes it; the status and the
 //! requeue interval of the plan are those of success, and [`StatusPlan::report`] is what the
 //! executor adjusts when a step does not go through.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -130,10 +131,6 @@ pub struct StatusPlan {
 /// Everything one reconcile does; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// About what the certificate stage did (it runs before the nodes can be asked).
-    pub certificate_events: Vec<Note>,
-    /// `(Secret, expiry)` of every certificate, for the expiry metric.
-    pub certificate_expiry: Option<Vec<(String, SystemTime)>>,
     /// Create the gossip key, then publish this Event.
     pub gossip_key: Option<Note>,
     /// The objects to apply; `None`: change nothing (paused, or certificates failed).
@@ -171,8 +168,6 @@ impl Plan {
 pub fn plan(o: &Observed) -> Result<Plan> {
     let previous = o.lc.status.clone().unwrap_or_default();
     let report_only = |report: Report| Plan {
-        certificate_events: Vec::new(),
-        certificate_expiry: None,
         gossip_key: None,
         objects: None,
         statefulset_events: Vec::new(),
@@ -358,14 +353,6 @@ fn plan_live(
         certificates: Some(certs.statuses.iter().map(|(s, _)| s.clone()).collect()),
     };
     Ok(Plan {
-        certificate_events: certificate_events(certs, names),
-        certificate_expiry: Some(
-            certs
-                .statuses
-                .iter()
-                .map(|(s, t)| (s.secret_name.clone(), *t))
-                .collect(),
-        ),
         gossip_key: (!o.gossip_key_valid).then(|| {
             normal(
                 "GossipKeyCreated",
@@ -404,7 +391,10 @@ fn roll_step(
     (step != rollout::Step::Done).then_some((step, sts.metadata.generation))
 }
 
-fn certificate_events(certs: &CertificatesOutcome, names: &ClusterNames) -> Vec<Note> {
+/// The Events about what the certificate stage did. NB: they are published right after that
+/// stage, not with the plan: its Secrets are already written, and a later failure of the
+/// reconcile must not lose the news (the next reconcile has nothing to issue).
+pub fn certificate_events(certs: &CertificatesOutcome, names: &ClusterNames) -> Vec<Note> {
     let mut events = Vec::new();
     if certs.ca_generated {
         events.push(normal(
@@ -621,6 +611,7 @@ mod tests {
     //! `plan` from plain `Observed` values: no API server, no nodes, no clock.
 
     use std::sync::Arc;
+    use std::time::SystemTime;
 
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use serde_json::json;
@@ -814,8 +805,11 @@ mod tests {
         assert_eq!(max_unavailable(&plan), Some(IntOrString::Int(0)));
         assert_eq!(plan.step, None, "node 0 has no pod yet");
         assert!(plan.gossip_key.is_some(), "the gossip key is created");
+        let Credentials::Current(certs) = &o.credentials else {
+            unreachable!()
+        };
         assert_eq!(
-            reasons(&plan.certificate_events),
+            reasons(&certificate_events(certs, &o.names)),
             ["CAGenerated", "CertificateIssued", "CertificateIssued"]
         );
         assert!(plan.statefulset_events.is_empty(), "nothing was scaled");
@@ -1087,9 +1081,12 @@ mod tests {
         }];
         // Another certificate is due in ten seconds.
         certs.next_renewal = Some(now() + Duration::from_secs(10));
+        assert_eq!(
+            reasons(&certificate_events(&certs, &o.names)),
+            ["CertificateRenewed"]
+        );
         o.credentials = Credentials::Current(certs);
         let plan = plan(&o).unwrap();
-        assert_eq!(reasons(&plan.certificate_events), ["CertificateRenewed"]);
         let status = plan.status.render();
         assert_eq!(
             condition(&status, "CertificatesReady"),
