@@ -793,6 +793,35 @@ async fn subscribe_wakes_a_waiting_reader() {
 }
 
 #[test]
+fn a_notification_can_announce_only_entries_already_read() {
+    // The interleaving behind the old flake of `subscribe_wakes_a_waiting_reader`, step by
+    // step: a reader woken for 0..1 reads 0..3, then is woken again for 0..3.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(3 * F, 1200)).unwrap();
+    let mut rx = log.subscribe();
+    log.append(&entries(0..1, 1, 10)).unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), 1);
+    log.append(&entries(1..3, 1, 10)).unwrap();
+    let read = log.read_range(0, 100, 1 << 20).unwrap();
+    assert_eq!(read, entries(0..3, 1, 10), "more than was announced");
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(
+        *rx.borrow_and_update(),
+        3,
+        "announces what was already read"
+    );
+    assert!(matches!(
+        log.read_range(3, 100, 1 << 20),
+        Err(Error::OutOfRange {
+            offset: 3,
+            first: 0,
+            next: 3
+        })
+    ));
+}
+
+#[test]
 fn read_range_at_the_end_is_out_of_range_like_read() {
     // The contract (see `Log::read_range`): a successful read is never empty, so `next` itself
     // is out of range; a tailing reader waits on `subscribe` until `next` moves past it.
