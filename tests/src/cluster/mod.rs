@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use crate::history::NodeLog;
 use crate::k8s::ChildProcess;
 use crate::read_back;
-pub use pki::ClusterPki;
+pub use pki::{ClusterPki, ClusterPkiError};
 pub use workload::{Workload, outcome_of};
 
 /// gRPC port of every node.
@@ -199,7 +199,8 @@ impl ProcessCluster {
             &ips,
             &spec.node_dns_names,
             &policy,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         Ok(ProcessCluster {
             spec,
             dir,

@@ -1,12 +1,10 @@
-//! Certificates, ACL and gossip key of a test cluster, issued with `logcluster-certs`.
+//! Certificates, ACL and gossip key of a test cluster; the certificates come from the
+//! workspace's test PKI ([`TestPki`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use logcluster_certs::{CertificateAuthority, CertificateRequest, write_pem_files};
-
-const VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+use logcluster_certs::testsuite::{LOOPBACK, TestPki};
 
 /// The ACL of test clusters: `root` may do everything, nodes replicate and join.
 pub const POLICY: &str = "\
@@ -20,6 +18,23 @@ p, node, *, consume
 p, producer, *, produce
 p, consumer, *, consume
 ";
+
+/// Why a cluster's files could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterPkiError {
+    /// Issuing or writing a certificate failed.
+    #[error("test certificates: {0}")]
+    Certificates(#[from] logcluster_certs::Error),
+    /// Writing the policy or the gossip key failed.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Paths of a cluster's PEM files, policy and gossip key.
 #[derive(Debug, Clone)]
@@ -38,55 +53,50 @@ pub struct ClusterPki {
 
 impl ClusterPki {
     /// A CA (key kept as `ca-key.pem`), one node certificate valid for every IP in `ips`,
-    /// localhost and `node_dns_names`, a `root` client, the test policy plus `policy_lines`,
-    /// and a random gossip key.
+    /// localhost and `node_dns_names`, `root`, `producer` and `consumer` clients, the test
+    /// policy plus `policy_lines`, and a random gossip key.
     pub fn create(
         dir: &Path,
         ips: &[Ipv4Addr],
         node_dns_names: &[String],
         policy_lines: &[&str],
-    ) -> Result<Self, String> {
-        let ca = CertificateAuthority::generate("LogCluster test CA", VALIDITY)
-            .map_err(|e| e.to_string())?;
-        write_pem_files(dir, "ca", ca.cert_pem(), Some(ca.key_pem())).map_err(|e| e.to_string())?;
-        let node = ca
-            .issue(&CertificateRequest::node(
-                "node",
-                std::iter::once("localhost".to_owned()).chain(node_dns_names.iter().cloned()),
-                ips.iter()
-                    .map(|ip| IpAddr::V4(*ip))
-                    .chain([IpAddr::V4(Ipv4Addr::LOCALHOST)]),
-                VALIDITY,
-            ))
-            .map_err(|e| e.to_string())?;
-        write_pem_files(dir, "node", &node.cert_pem, Some(&node.key_pem))
-            .map_err(|e| e.to_string())?;
-        for subject in ["root", "producer", "consumer"] {
-            let client = ca
-                .issue(&CertificateRequest::client(subject, VALIDITY))
-                .map_err(|e| e.to_string())?;
-            write_pem_files(dir, subject, &client.cert_pem, Some(&client.key_pem))
-                .map_err(|e| e.to_string())?;
+    ) -> Result<Self, ClusterPkiError> {
+        let pki = TestPki::in_dir(dir)?;
+        let ca_key = pki.write_ca_key()?;
+        let node_ips: Vec<IpAddr> = ips
+            .iter()
+            .map(|ip| IpAddr::V4(*ip))
+            .chain([LOOPBACK])
+            .collect();
+        let node = pki.node("node", "node", &node_ips, node_dns_names)?;
+        let root = pki.client("root")?;
+        for subject in ["producer", "consumer"] {
+            pki.client(subject)?;
         }
-        let policy = dir.join("policy.csv");
+        let write = |path: PathBuf, contents: String| {
+            std::fs::write(&path, contents)
+                .map(|()| path.clone())
+                .map_err(|source| ClusterPkiError::Write { path, source })
+        };
         let mut policy_text = POLICY.to_owned();
         for line in policy_lines {
             policy_text.push_str(line);
             policy_text.push('\n');
         }
-        std::fs::write(&policy, policy_text).map_err(|e| e.to_string())?;
-        let gossip_key = dir.join("gossip.key");
+        let policy = write(dir.join("policy.csv"), policy_text)?;
         let key: [u8; 32] = rand::random();
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&gossip_key, hex).map_err(|e| e.to_string())?;
+        let gossip_key = write(
+            dir.join("gossip.key"),
+            key.iter().map(|b| format!("{b:02x}")).collect(),
+        )?;
         Ok(ClusterPki {
             dir: dir.to_owned(),
-            ca: dir.join("ca.pem"),
-            ca_key: dir.join("ca-key.pem"),
-            node_cert: dir.join("node.pem"),
-            node_key: dir.join("node-key.pem"),
-            client_cert: dir.join("root.pem"),
-            client_key: dir.join("root-key.pem"),
+            ca: pki.ca_path(),
+            ca_key,
+            node_cert: node.cert,
+            node_key: node.key,
+            client_cert: root.cert,
+            client_key: root.key,
             policy,
             gossip_key,
         })
