@@ -5,6 +5,9 @@
 //! This binary holds exactly one test: `init` installs the process-wide subscriber and reads
 //! the environment, which the test sets before any thread of its own exists.
 
+// The integration binary's telemetry fixtures; this test uses only part of them.
+#[allow(dead_code)]
+#[path = "integration/support/telemetry.rs"]
 mod telemetry_support;
 
 use std::time::Duration;

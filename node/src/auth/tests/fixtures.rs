@@ -1,14 +1,12 @@
-//! Shared fixtures: a CA in a temporary directory that writes certificate files, a TLS echo
+//! Shared fixtures: certificate files from the test PKI as the node's [`TlsFiles`], a TLS echo
 //! server on loopback that reports each handshake's outcome, and a client that dials it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use logcluster_certs::{
-    CertificateAuthority, CertificateRequest, IssuedCertificate, write_pem_files,
-};
+use logcluster_certs::testsuite::TestCert;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -18,60 +16,23 @@ use tokio::sync::mpsc;
 use crate::auth::identity::subject_from_certs;
 use crate::auth::tls::TlsFiles;
 
-pub const DAY: Duration = Duration::from_secs(24 * 3600);
+pub use logcluster_certs::testsuite::{DAY, LOOPBACK, TestPki};
 
-/// A CA whose certificates are written into its own temporary directory.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-    pub ca: CertificateAuthority,
+// NB: `TlsFiles` is this crate's own type, so its conversion can live in the tests.
+impl From<TestCert> for TlsFiles {
+    fn from(cert: TestCert) -> Self {
+        TlsFiles::new(cert.ca, cert.cert, cert.key)
+    }
 }
 
-impl Pki {
-    pub fn new(name: &str) -> Self {
-        Pki {
-            dir: tempfile::tempdir().unwrap(),
-            ca: CertificateAuthority::generate(name, 30 * DAY).unwrap(),
-        }
-    }
+/// A node certificate for `localhost` / `127.0.0.1` whose CN is `name`.
+pub fn node_files(pki: &TestPki, name: &str) -> TlsFiles {
+    pki.node(name, name, &[LOOPBACK], &[]).unwrap().into()
+}
 
-    pub fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// Writes `ca.pem` (this CA) and `<name>.pem`/`<name>-key.pem`, returning the three paths.
-    pub fn write(&self, name: &str, issued: &IssuedCertificate) -> TlsFiles {
-        write_pem_files(self.dir.path(), "ca", self.ca.cert_pem(), None).unwrap();
-        let paths = write_pem_files(
-            self.dir.path(),
-            name,
-            &issued.cert_pem,
-            Some(&issued.key_pem),
-        )
-        .unwrap();
-        TlsFiles::new(self.ca_path(), paths.cert, paths.key.unwrap())
-    }
-
-    pub fn issue(&self, req: &CertificateRequest) -> IssuedCertificate {
-        self.ca.issue(req).unwrap()
-    }
-
-    /// A node certificate for `localhost` / `127.0.0.1`.
-    pub fn node(&self, name: &str) -> TlsFiles {
-        let req =
-            CertificateRequest::node(name, ["localhost"], ["127.0.0.1".parse().unwrap()], DAY);
-        self.write(name, &self.issue(&req))
-    }
-
-    /// A client certificate whose CN is `cn`.
-    pub fn client(&self, cn: &str) -> TlsFiles {
-        self.write(cn, &self.issue(&CertificateRequest::client(cn, DAY)))
-    }
-
-    /// A client certificate with an explicit validity window.
-    pub fn client_at(&self, cn: &str, not_before: SystemTime, validity: Duration) -> TlsFiles {
-        let req = CertificateRequest::client(cn, validity).with_not_before(not_before);
-        self.write(cn, &self.issue(&req))
-    }
+/// A client certificate whose CN is `cn`.
+pub fn client_files(pki: &TestPki, cn: &str) -> TlsFiles {
+    pki.client(cn).unwrap().into()
 }
 
 /// Replaces `path` atomically with `contents` (like a Secret volume update).

@@ -4,7 +4,7 @@
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::fixtures::{DAY, Pki};
+use super::fixtures::{DAY, TestPki};
 use crate::auth::identity::{IdentityError, subject_from_certs, subject_from_request};
 use logcluster_certs::CertificateRequest;
 
@@ -14,16 +14,19 @@ fn der(pem: &str) -> CertificateDer<'static> {
 
 #[test]
 fn common_name_is_the_subject_without_uri_sans() {
-    let pki = Pki::new("CA");
-    let cert = pki.issue(&CertificateRequest::client("alice", DAY));
+    let pki = TestPki::new().unwrap();
+    let cert = pki
+        .ca()
+        .issue(&CertificateRequest::client("alice", DAY))
+        .unwrap();
     assert_eq!(subject_from_certs(&[der(&cert.cert_pem)]).unwrap(), "alice");
 }
 
 #[test]
 fn a_uri_san_takes_precedence_over_the_common_name() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let req = CertificateRequest::client("alice", DAY).with_uri("spiffe://logcluster/user/alice");
-    let cert = pki.issue(&req);
+    let cert = pki.ca().issue(&req).unwrap();
     assert_eq!(
         subject_from_certs(&[der(&cert.cert_pem)]).unwrap(),
         "spiffe://logcluster/user/alice"
@@ -32,11 +35,11 @@ fn a_uri_san_takes_precedence_over_the_common_name() {
 
 #[test]
 fn several_uri_sans_are_ambiguous() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let req = CertificateRequest::client("alice", DAY)
         .with_uri("spiffe://logcluster/user/alice")
         .with_uri("spiffe://logcluster/role/admin");
-    let cert = pki.issue(&req);
+    let cert = pki.ca().issue(&req).unwrap();
     assert_eq!(
         subject_from_certs(&[der(&cert.cert_pem)]).unwrap_err(),
         IdentityError::Ambiguous {
@@ -48,9 +51,12 @@ fn several_uri_sans_are_ambiguous() {
 
 #[test]
 fn only_the_leaf_names_the_subject() {
-    let pki = Pki::new("CA");
-    let cert = pki.issue(&CertificateRequest::client("leaf", DAY));
-    let chain = [der(&cert.cert_pem), der(pki.ca.cert_pem())];
+    let pki = TestPki::new().unwrap();
+    let cert = pki
+        .ca()
+        .issue(&CertificateRequest::client("leaf", DAY))
+        .unwrap();
+    let chain = [der(&cert.cert_pem), der(pki.ca().cert_pem())];
     assert_eq!(subject_from_certs(&chain).unwrap(), "leaf");
 }
 

@@ -1,9 +1,9 @@
 //! TLS: the security matrix for the mTLS port, hot reload, the incoming stream and tonic.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use logcluster_certs::{CertificateAuthority, CertificateRequest, write_pem_files};
+use logcluster_certs::{CertificateRequest, write_pem_files};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{CertificateError, ClientConfig};
@@ -14,7 +14,7 @@ use tokio_stream::StreamExt;
 use super::fixtures::*;
 use crate::auth::identity::subject_from_request;
 use crate::auth::tls::{
-    ReloadingTlsFiles, TlsConnector, client_config, endpoint, server_config, tls_incoming,
+    ReloadingTlsFiles, TlsConnector, TlsFiles, client_config, endpoint, server_config, tls_incoming,
 };
 
 fn is_expired(e: &rustls::Error) -> bool {
@@ -54,8 +54,8 @@ fn is_wrong_name(e: &rustls::Error) -> bool {
 }
 
 /// Starts an echo server with the node certificate of `pki`.
-async fn node_server(pki: &Pki) -> EchoServer {
-    EchoServer::start(server_config(&pki.node("lc-0")).unwrap()).await
+async fn node_server(pki: &TestPki) -> EchoServer {
+    EchoServer::start(server_config(&node_files(pki, "lc-0")).unwrap()).await
 }
 
 /// Dials and pings with `client`; returns the server's view and whether the ping got through.
@@ -71,20 +71,23 @@ async fn attempt(server: &mut EchoServer, client: Arc<ClientConfig>) -> (Handsha
 
 #[tokio::test]
 async fn good_client_certificate_is_accepted_and_identified() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
-    let (handshake, pinged) =
-        attempt(&mut server, client_config(&pki.client("alice")).unwrap()).await;
+    let (handshake, pinged) = attempt(
+        &mut server,
+        client_config(&client_files(&pki, "alice")).unwrap(),
+    )
+    .await;
     assert_eq!(handshake.unwrap(), "alice");
     assert!(pinged);
 }
 
 #[tokio::test]
 async fn tls12_client_with_a_good_certificate_is_accepted() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
     // A plain rustls client offering only TLS 1.2.
-    let files = pki.client("alice");
+    let files = client_files(&pki, "alice");
     let chain = CertificateDer::pem_file_iter(&files.cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -113,7 +116,7 @@ async fn tls12_client_with_a_good_certificate_is_accepted() {
 
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
     let (handshake, pinged) = attempt(&mut server, anonymous_client(&pki.ca_path())).await;
     assert_eq!(
@@ -125,11 +128,11 @@ async fn client_without_certificate_is_refused() {
 
 #[tokio::test]
 async fn certificate_from_another_ca_is_refused() {
-    let pki = Pki::new("CA");
-    let other = Pki::new("other CA");
+    let pki = TestPki::new().unwrap();
+    let other = TestPki::stranger().unwrap();
     let mut server = node_server(&pki).await;
     // Trusts our CA (so the server is verified) but presents a certificate from another CA.
-    let mut files = other.client("mallory");
+    let mut files = client_files(&other, "mallory");
     files.ca = pki.ca_path();
     let (handshake, pinged) = attempt(&mut server, client_config(&files).unwrap()).await;
     assert_eq!(
@@ -141,9 +144,9 @@ async fn certificate_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn expired_client_certificate_is_refused() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
-    let files = pki.client_at("old", SystemTime::now() - 3 * DAY, DAY);
+    let files: TlsFiles = pki.expired_client("old", "old").unwrap().into();
     let (handshake, pinged) = attempt(&mut server, client_config(&files).unwrap()).await;
     let err = handshake.unwrap_err();
     assert!(is_expired(&err), "{err:?}");
@@ -152,9 +155,9 @@ async fn expired_client_certificate_is_refused() {
 
 #[tokio::test]
 async fn not_yet_valid_client_certificate_is_refused() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
-    let files = pki.client_at("future", SystemTime::now() + 2 * DAY, DAY);
+    let files: TlsFiles = pki.not_yet_valid_client("future", "future").unwrap().into();
     let (handshake, pinged) = attempt(&mut server, client_config(&files).unwrap()).await;
     let err = handshake.unwrap_err();
     assert!(is_not_yet_valid(&err), "{err:?}");
@@ -163,10 +166,10 @@ async fn not_yet_valid_client_certificate_is_refused() {
 
 #[tokio::test]
 async fn server_only_certificate_cannot_be_used_as_a_client() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
     let req = CertificateRequest::server("web", ["localhost"], [], DAY);
-    let files = pki.write("web", &pki.issue(&req));
+    let files = TlsFiles::from(pki.issue("web", &req).unwrap());
     let (handshake, pinged) = attempt(&mut server, client_config(&files).unwrap()).await;
     let err = handshake.unwrap_err();
     assert!(is_wrong_purpose(&err), "{err:?}");
@@ -175,10 +178,10 @@ async fn server_only_certificate_cannot_be_used_as_a_client() {
 
 #[tokio::test]
 async fn client_refuses_a_server_certificate_with_the_wrong_name() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
     let err = dial(
-        client_config(&pki.client("alice")).unwrap(),
+        client_config(&client_files(&pki, "alice")).unwrap(),
         server.addr,
         "wrong.example",
     )
@@ -192,11 +195,11 @@ async fn client_refuses_a_server_certificate_with_the_wrong_name() {
 
 #[tokio::test]
 async fn client_refuses_a_server_from_another_ca() {
-    let pki = Pki::new("CA");
-    let other = Pki::new("other CA");
+    let pki = TestPki::new().unwrap();
+    let other = TestPki::stranger().unwrap();
     let mut server = node_server(&other).await;
     let err = dial(
-        client_config(&pki.client("alice")).unwrap(),
+        client_config(&client_files(&pki, "alice")).unwrap(),
         server.addr,
         "localhost",
     )
@@ -244,7 +247,7 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn tls11_and_older_are_refused() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
     let answer = raw_exchange(server.addr, &tls11_client_hello()).await;
     // A fatal alert (content type 21, level 2; rustls says handshake_failure), never a
@@ -264,7 +267,7 @@ async fn tls11_and_older_are_refused() {
 
 #[tokio::test]
 async fn plaintext_http2_is_refused() {
-    let pki = Pki::new("CA");
+    let pki = TestPki::new().unwrap();
     let mut server = node_server(&pki).await;
     let answer = raw_exchange(server.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
     // Either a TLS alert or a bare close: never an HTTP/2 frame.
@@ -274,33 +277,30 @@ async fn plaintext_http2_is_refused() {
 
 #[tokio::test]
 async fn reload_switches_new_handshakes_and_keeps_established_connections() {
-    let pki = Pki::new("CA one");
-    let server_files = pki.node("lc-0");
+    let pki = TestPki::new().unwrap();
+    let server_files = node_files(&pki, "lc-0");
     let reloading = ReloadingTlsFiles::load(server_files.clone()).unwrap();
     let mut server = EchoServer::start(reloading.server_config().unwrap()).await;
     let old_not_after = reloading.not_after();
 
     // A client of the first CA connects and stays connected.
-    let old_client = client_config(&pki.client("alice")).unwrap();
+    let old_client = client_config(&client_files(&pki, "alice")).unwrap();
     let mut established = dial(old_client.clone(), server.addr, "localhost")
         .await
         .unwrap();
     assert_eq!(ping(&mut established, "before").await.unwrap(), "before");
     assert_eq!(server.next_handshake().await.unwrap(), "alice");
 
-    // Rotate to a new CA: new CA bundle, new server certificate (longer validity), new key.
-    let new_ca = CertificateAuthority::generate("CA two", 60 * DAY).unwrap();
-    let new_server = new_ca
-        .issue(&CertificateRequest::node(
+    // Rotate to a new CA in the server's directory: new CA bundle, new server certificate
+    // (longer validity), new key.
+    let new_pki = TestPki::in_dir(server_files.cert.parent().unwrap()).unwrap();
+    let new_server = new_pki
+        .issue(
             "lc-0",
-            ["localhost"],
-            ["127.0.0.1".parse().unwrap()],
-            10 * DAY,
-        ))
-        .unwrap();
-    let dir = server_files.cert.parent().unwrap();
-    write_pem_files(dir, "ca", new_ca.cert_pem(), None).unwrap();
-    write_pem_files(dir, "lc-0", &new_server.cert_pem, Some(&new_server.key_pem)).unwrap();
+            &CertificateRequest::node("lc-0", ["localhost"], [LOOPBACK], 10 * DAY),
+        )
+        .unwrap()
+        .issued;
     assert!(reloading.reload_now().await.unwrap());
     assert!(
         !reloading.reload_now().await.unwrap(),
@@ -318,18 +318,7 @@ async fn reload_switches_new_handshakes_and_keeps_established_connections() {
     assert!(handshake.is_err() && !pinged, "{handshake:?}");
 
     // ...and a client of the new CA is accepted and sees the new server certificate.
-    let new_pki_dir = tempfile::tempdir().unwrap();
-    let bob = new_ca
-        .issue(&CertificateRequest::client("bob", DAY))
-        .unwrap();
-    write_pem_files(new_pki_dir.path(), "ca", new_ca.cert_pem(), None).unwrap();
-    let bob_paths =
-        write_pem_files(new_pki_dir.path(), "bob", &bob.cert_pem, Some(&bob.key_pem)).unwrap();
-    let bob_files = crate::auth::tls::TlsFiles::new(
-        new_pki_dir.path().join("ca.pem"),
-        bob_paths.cert,
-        bob_paths.key.unwrap(),
-    );
+    let bob_files = client_files(&new_pki, "bob");
     let mut tls = dial(client_config(&bob_files).unwrap(), server.addr, "localhost")
         .await
         .unwrap();
@@ -373,11 +362,11 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn failed_reload_keeps_the_previous_material() {
-    let pki = Pki::new("CA");
-    let files = pki.node("lc-0");
+    let pki = TestPki::new().unwrap();
+    let files = node_files(&pki, "lc-0");
     let reloading = ReloadingTlsFiles::load(files.clone()).unwrap();
     let mut server = EchoServer::start(reloading.server_config().unwrap()).await;
-    let alice = client_config(&pki.client("alice")).unwrap();
+    let alice = client_config(&client_files(&pki, "alice")).unwrap();
     let before = reloading.not_after();
 
     // Garbage certificate: refused, and the error names the file.
@@ -392,12 +381,15 @@ async fn failed_reload_keeps_the_previous_material() {
     assert!(pinged);
 
     // A valid certificate with somebody else's key: refused as a mismatch.
-    let other = pki.issue(&CertificateRequest::node(
-        "lc-9",
-        ["localhost"],
-        [],
-        5 * DAY,
-    ));
+    let other = pki
+        .ca()
+        .issue(&CertificateRequest::node(
+            "lc-9",
+            ["localhost"],
+            [],
+            5 * DAY,
+        ))
+        .unwrap();
     replace_file(&files.cert, other.cert_pem.as_bytes());
     let err = reloading.reload_now().await.unwrap_err();
     assert!(
@@ -427,18 +419,21 @@ async fn failed_reload_keeps_the_previous_material() {
 
 #[tokio::test]
 async fn watcher_picks_up_renewed_certificates() {
-    let pki = Pki::new("CA");
-    let files = pki.node("lc-0");
+    let pki = TestPki::new().unwrap();
+    let files = node_files(&pki, "lc-0");
     let reloading = ReloadingTlsFiles::load(files.clone()).unwrap();
     let watcher = reloading.spawn_watcher(Duration::from_millis(50));
     let mut generation = reloading.subscribe();
 
-    let renewed = pki.issue(&CertificateRequest::node(
-        "lc-0",
-        ["localhost"],
-        [],
-        20 * DAY,
-    ));
+    let renewed = pki
+        .ca()
+        .issue(&CertificateRequest::node(
+            "lc-0",
+            ["localhost"],
+            [],
+            20 * DAY,
+        ))
+        .unwrap();
     write_pem_files(
         files.cert.parent().unwrap(),
         "lc-0",
@@ -456,13 +451,13 @@ async fn watcher_picks_up_renewed_certificates() {
 
 #[tokio::test]
 async fn load_errors_name_the_file() {
-    let pki = Pki::new("CA");
-    let mut files = pki.node("lc-0");
-    files.key = pki.dir.path().join("missing-key.pem");
+    let pki = TestPki::new().unwrap();
+    let mut files = node_files(&pki, "lc-0");
+    files.key = pki.dir().join("missing-key.pem");
     let err = ReloadingTlsFiles::load(files).unwrap_err();
     assert!(err.to_string().contains("missing-key.pem"), "{err}");
 
-    let mut files = pki.node("lc-0");
+    let mut files = node_files(&pki, "lc-0");
     files.ca = files.key.clone(); // a key is not a CA certificate
     let err = ReloadingTlsFiles::load(files).unwrap_err();
     assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
@@ -470,8 +465,8 @@ async fn load_errors_name_the_file() {
 
 #[tokio::test]
 async fn a_stalled_handshake_neither_blocks_others_nor_lives_forever() {
-    let pki = Pki::new("CA");
-    let config = server_config(&pki.node("lc-0")).unwrap();
+    let pki = TestPki::new().unwrap();
+    let config = server_config(&node_files(&pki, "lc-0")).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut incoming = tls_incoming(listener, config, Duration::from_millis(500));
@@ -481,7 +476,7 @@ async fn a_stalled_handshake_neither_blocks_others_nor_lives_forever() {
     let mut stalled = TcpStream::connect(addr).await.unwrap();
 
     // A good client still gets through while the stalled handshake is pending.
-    let alice = client_config(&pki.client("alice")).unwrap();
+    let alice = client_config(&client_files(&pki, "alice")).unwrap();
     let client = tokio::spawn(async move {
         let mut tls = dial(alice, addr, "localhost").await.unwrap();
         tls.write_all(b"hi").await.unwrap();
@@ -538,8 +533,8 @@ async fn tonic_serves_and_dials_over_our_tls_and_sees_the_subject() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
-    let pki = Pki::new("CA");
-    let node = ReloadingTlsFiles::load(pki.node("lc-0")).unwrap();
+    let pki = TestPki::new().unwrap();
+    let node = ReloadingTlsFiles::load(node_files(&pki, "lc-0")).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tls_incoming(
@@ -566,7 +561,7 @@ async fn tonic_serves_and_dials_over_our_tls_and_sees_the_subject() {
             .serve_with_incoming(incoming),
     );
 
-    let connector = TlsConnector::new(client_config(&pki.client("alice")).unwrap());
+    let connector = TlsConnector::new(client_config(&client_files(&pki, "alice")).unwrap());
     let channel = endpoint(&format!("localhost:{}", addr.port()))
         .unwrap()
         .connect_with_connector(connector)
@@ -582,7 +577,7 @@ async fn tonic_serves_and_dials_over_our_tls_and_sees_the_subject() {
     assert_eq!(*seen.lock().unwrap(), vec!["alice".to_owned()]);
 
     // Dialing an IP address with the DNS name as override also verifies.
-    let connector = TlsConnector::new(client_config(&pki.client("bob")).unwrap())
+    let connector = TlsConnector::new(client_config(&client_files(&pki, "bob")).unwrap())
         .with_server_name("localhost")
         .unwrap();
     let channel = endpoint(&format!("https://127.0.0.1:{}", addr.port()))
@@ -599,7 +594,7 @@ async fn tonic_serves_and_dials_over_our_tls_and_sees_the_subject() {
     assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("bob"));
 
     // A wrong server name fails to connect.
-    let connector = TlsConnector::new(client_config(&pki.client("carol")).unwrap())
+    let connector = TlsConnector::new(client_config(&client_files(&pki, "carol")).unwrap())
         .with_server_name("wrong.example")
         .unwrap();
     let result = endpoint(&format!("127.0.0.1:{}", addr.port()))

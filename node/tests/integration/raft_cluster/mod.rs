@@ -6,6 +6,5 @@ mod admin;
 mod replication;
 mod security;
 mod snapshot;
-mod support;
 mod throughput;
 mod vote_gate;

@@ -8,7 +8,7 @@ use logcluster_api::log_v1::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{Options, TestNode, committed_end, eventually};
+use crate::support::single_node::{Options, TestNode, committed_end, eventually};
 
 fn record(value: &str) -> Option<Record> {
     Some(Record {
@@ -24,7 +24,7 @@ fn consume(offset: u64) -> ConsumeRequest {
     }
 }
 
-async fn produce(client: &mut crate::support::RawLog, value: &str) -> u64 {
+async fn produce(client: &mut crate::support::single_node::RawLog, value: &str) -> u64 {
     client
         .produce(ProduceRequest {
             record: record(value),
@@ -410,8 +410,8 @@ async fn the_client_moves_past_a_server_that_accepts_connections_but_never_answe
     let frozen_addr = frozen.local_addr().expect("addr").to_string();
     let tls = ClientTls::from_files(
         &node.pki.ca_path(),
-        &node.pki.dir.join("root.pem"),
-        &node.pki.dir.join("root-key.pem"),
+        &node.pki.cert_path("root"),
+        &node.pki.key_path("root"),
     )
     .expect("client TLS files");
     let config = |seeds: Vec<String>| {

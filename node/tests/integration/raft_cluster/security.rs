@@ -8,7 +8,7 @@ use logcluster_api::raft_v1::{
 };
 use tonic::Code;
 
-use crate::support::{Cluster, Options};
+use crate::support::cluster::{Cluster, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_cannot_call_the_raft_peer_api() {
@@ -102,7 +102,7 @@ async fn a_subject_without_the_admin_role_cannot_call_the_admin_api() {
         .await
         .expect_err("status as a producer");
     assert_eq!(status.code(), Code::PermissionDenied);
-    let members = crate::support::member_ids(&cluster.nodes[0].metrics());
+    let members = crate::support::cluster::member_ids(&cluster.nodes[0].metrics());
     assert!(!members.contains(&9), "the membership did not change");
 }
 

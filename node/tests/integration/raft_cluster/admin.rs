@@ -11,7 +11,9 @@ use logcluster_node::raft::types::Node;
 use openraft::{EntryPayload, Membership, Precondition};
 use tonic::Code;
 
-use crate::support::{Cluster, Options, member_ids, produce, read_data, voter_ids, wait_until};
+use crate::support::cluster::{
+    Cluster, Options, member_ids, produce, read_data, voter_ids, wait_until,
+};
 
 fn admin_client(cluster: &Cluster, i: usize) -> AdminClient<tonic::transport::Channel> {
     let channel = cluster
@@ -66,7 +68,10 @@ async fn removing_a_follower_and_then_the_leader_shrinks_the_membership() {
         .expect("remove follower");
     let running_others: Vec<usize> = (0..4).filter(|i| *i != follower).collect();
     for i in &running_others {
-        crate::support::wait_until(&cluster, *i, |m| !member_ids(m).contains(&follower_id)).await;
+        crate::support::cluster::wait_until(&cluster, *i, |m| {
+            !member_ids(m).contains(&follower_id)
+        })
+        .await;
     }
     // Removing it again is a no-op.
     client
@@ -88,7 +93,7 @@ async fn removing_a_follower_and_then_the_leader_shrinks_the_membership() {
         .filter(|i| *i != leader)
         .collect();
     for i in &survivors {
-        crate::support::wait_until(&cluster, *i, |m| {
+        crate::support::cluster::wait_until(&cluster, *i, |m| {
             !member_ids(m).contains(&leader_id) && m.current_leader.is_some_and(|l| l != leader_id)
         })
         .await;
@@ -273,7 +278,7 @@ async fn a_removed_voter_back_on_old_data_never_deposes_the_leader() {
 
     cluster.add_node(returning_id).await;
     // Wait until the returning node has campaigned and been refused at least twice.
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::support::cluster::WAIT;
     while others
         .iter()
         .map(|i| refused_pre_votes(&cluster, *i))

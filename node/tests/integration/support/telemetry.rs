@@ -1,8 +1,7 @@
-//! Shared by the telemetry integration tests: a fake `log.v1.Log` service served over loopback
-//! (plaintext: TLS is tested with the API) through [`RpcLayer`], a client that names its
-//! subject in a header, and a log writer the tests read back.
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
+//! Shared by the telemetry tests (`telemetry_rpc` here, and the `telemetry_otlp` binary): a
+//! fake `log.v1.Log` service served over loopback (plaintext: TLS is tested with the API)
+//! through [`RpcLayer`], a client that names its subject in a header, and a log writer the
+//! tests read back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

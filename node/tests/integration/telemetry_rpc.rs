@@ -2,15 +2,13 @@
 //! layer writing into a capture. Every test names its own subject and reads only its lines, so
 //! the tests can share the process-wide subscriber and run in parallel.
 
-mod telemetry_support;
-
-use logcluster_api::admin_v1::ClusterStatusRequest;
-use logcluster_api::admin_v1::admin_client::AdminClient;
-use serde_json::Value;
-use telemetry_support::{
+use crate::support::telemetry::{
     STREAM_ONE_THEN_DATA_LOSS, STREAM_ONE_THEN_FOREVER, STREAM_TWO_THEN_WAIT, TestServer, capture,
     consume_request, produce_request,
 };
+use logcluster_api::admin_v1::ClusterStatusRequest;
+use logcluster_api::admin_v1::admin_client::AdminClient;
+use serde_json::Value;
 use tokio_stream::StreamExt as _;
 
 /// The sample value of `series` in the server's metrics.

@@ -7,7 +7,7 @@ use logcluster_node::raft::types::{TypeConfig, Vote, log_id};
 use logcluster_node::raft::vote_gate::MARKER;
 use openraft::raft::VoteRequest;
 
-use crate::support::*;
+use crate::support::cluster::*;
 
 /// Asks node `i` (as peer node 0) to vote in `term` for a candidate whose log ends at
 /// `last_log`; returns the gRPC outcome.

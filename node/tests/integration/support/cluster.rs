@@ -1,18 +1,18 @@
-//! Fixtures: a throwaway PKI, and clusters of in-process Raft nodes that talk real `raft.v1`
-//! gRPC over real mutual TLS on loopback (node *i* listens on 127.0.0.(i+1), on a free port).
+//! Clusters of in-process Raft nodes that share one test PKI and talk real `raft.v1` gRPC over
+//! real mutual TLS on loopback (node *i* listens on 127.0.0.(i+1), on a free port).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use logcluster_certs::{CertificateAuthority, CertificateRequest, write_pem_files};
-use logcluster_node::api::backend::{CommitLog, NewRecord};
-use logcluster_node::api::{AccessControl, Closing};
+use logcluster_certs::testsuite::TestPki;
+use logcluster_node::api::{AdminService, Closing, RaftService};
+use logcluster_node::auth::AccessControl;
 use logcluster_node::auth::authz::{CasbinAuthorizer, DEFAULT_MODEL};
 use logcluster_node::auth::tls::{ReloadingTlsFiles, TlsFiles, tls_incoming};
+use logcluster_node::commit_log::{CommitLog, NewRecord};
 use logcluster_node::log::{EntryKind, FsyncPolicy, LogConfig};
 use logcluster_node::raft::metrics_watch;
 use logcluster_node::raft::network::PeerChannels;
@@ -25,7 +25,6 @@ use tokio::task::JoinHandle;
 
 use logcluster_node::raft::types::TypeConfig;
 
-pub const DAY: Duration = Duration::from_secs(24 * 3600);
 /// Bound of every wait in these tests (generous: CI machines are small and busy).
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,7 +100,7 @@ impl TestNode {
 /// A cluster of in-process nodes sharing one PKI.
 pub struct Cluster {
     pub dir: TempDir,
-    pub pki_dir: PathBuf,
+    pub pki: TestPki,
     pub nodes: Vec<TestNode>,
     pub options: Options,
     access: AccessControl,
@@ -112,28 +111,15 @@ impl Cluster {
     /// call returns once all are voters that agree on a leader.
     pub async fn start(n: usize, options: Options) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki_dir = dir.path().join("certs");
-        let ca = CertificateAuthority::generate("raft test CA", 30 * DAY).expect("CA");
-        write_pem_files(&pki_dir, "ca", ca.cert_pem(), None).expect("write CA");
+        let pki = TestPki::in_dir(dir.path().join("certs")).expect("test PKI");
+        // Node `i` is `node<i>`, valid for its own address only; every node's subject is `node`.
         for i in 0..8u8 {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, i + 1));
-            let issued = ca
-                .issue(&CertificateRequest::node("node", ["localhost"], [ip], DAY))
-                .expect("node cert");
-            write_pem_files(
-                &pki_dir,
-                &format!("node{i}"),
-                &issued.cert_pem,
-                Some(&issued.key_pem),
-            )
-            .expect("write");
+            pki.node(&format!("node{i}"), "node", &[ip], &[])
+                .expect("node certificate");
         }
         for subject in ["root", "admin"] {
-            let issued = ca
-                .issue(&CertificateRequest::client(subject, DAY))
-                .expect("client cert");
-            write_pem_files(&pki_dir, subject, &issued.cert_pem, Some(&issued.key_pem))
-                .expect("write");
+            pki.client(subject).expect("client certificate");
         }
         let authorizer = CasbinAuthorizer::from_text(DEFAULT_MODEL, POLICY)
             .await
@@ -141,7 +127,7 @@ impl Cluster {
         let access = AccessControl::new(Arc::new(authorizer));
         let mut cluster = Cluster {
             dir,
-            pki_dir,
+            pki,
             nodes: Vec::new(),
             options,
             access,
@@ -172,9 +158,9 @@ impl Cluster {
     /// TLS files of a certificate from the cluster's PKI (`node<i>`, `root`, `admin`).
     pub fn tls_files(&self, name: &str) -> TlsFiles {
         TlsFiles::new(
-            self.pki_dir.join("ca.pem"),
-            self.pki_dir.join(format!("{name}.pem")),
-            self.pki_dir.join(format!("{name}-key.pem")),
+            self.pki.ca_path(),
+            self.pki.cert_path(name),
+            self.pki.key_path(name),
         )
     }
 
@@ -221,8 +207,12 @@ impl Cluster {
             .tcp_nodelay(true)
             .initial_connection_window_size(Some(32 << 20))
             .initial_stream_window_size(Some(8 << 20))
-            .add_service(node.raft_service(self.access.clone(), closing.clone()))
-            .add_service(node.admin_service(self.access.clone()));
+            .add_service(
+                RaftService::for_node(&node, self.access.clone(), closing.clone()).into_server(),
+            )
+            .add_service(
+                AdminService::new(node.admin().clone(), self.access.clone()).into_server(),
+            );
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
@@ -394,7 +384,7 @@ pub async fn wait_until(
 /// Produces `values` through node `via` the way a client does: a refusal that surely wrote
 /// nothing (no leader yet, or a leader change) is retried until [`WAIT`]; anything else fails.
 pub async fn produce(cluster: &Cluster, via: usize, values: Vec<String>) -> Vec<u64> {
-    use logcluster_node::api::backend::BackendError;
+    use logcluster_node::commit_log::CommitLogError;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match cluster.nodes[via]
@@ -404,8 +394,8 @@ pub async fn produce(cluster: &Cluster, via: usize, values: Vec<String>) -> Vec<
         {
             Ok(offsets) => return offsets,
             Err(
-                BackendError::NoLeader
-                | BackendError::NotLeader {
+                CommitLogError::NoLeader
+                | CommitLogError::NotLeader {
                     not_applied: true, ..
                 },
             ) if tokio::time::Instant::now() < deadline => {

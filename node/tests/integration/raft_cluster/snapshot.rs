@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use logcluster_node::api::backend::BackendError;
+use logcluster_node::commit_log::CommitLogError;
 use logcluster_node::log::{FsyncPolicy, LogConfig};
 
-use crate::support::{Cluster, Options, produce, read_data, voter_ids, wait_until};
+use crate::support::cluster::{Cluster, Options, produce, read_data, voter_ids, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_need_purged_entries_receive_a_snapshot_and_their_log_starts_after_it() {
@@ -93,7 +93,7 @@ async fn nodes_that_need_purged_entries_receive_a_snapshot_and_their_log_starts_
         // Below the log's start there is nothing to read.
         let below = cluster.nodes[i].commit_log().read(0, 1, 1 << 20).await;
         assert!(
-            matches!(below, Err(BackendError::OutOfRange { .. })),
+            matches!(below, Err(CommitLogError::OutOfRange { .. })),
             "{below:?}"
         );
     }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use logcluster_api::log_v1::{ConsumeRequest, ProduceRequest, Record};
 
-use crate::support::TestNode;
+use crate::support::single_node::TestNode;
 
 #[tokio::test]
 async fn health_endpoints_and_metrics_reflect_the_node() {
@@ -70,7 +70,7 @@ async fn health_endpoints_and_metrics_reflect_the_node() {
     ] {
         assert!(has(series), "missing {series} in\n{metrics}");
     }
-    let end = crate::support::committed_end(&mut client).await;
+    let end = crate::support::single_node::committed_end(&mut client).await;
     assert_eq!(
         value_of("logcluster_log_next_offset", &[]),
         Some(end as f64),

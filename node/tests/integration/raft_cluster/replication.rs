@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::future::join_all;
 
-use crate::support::{Cluster, Options, produce, read_data};
+use crate::support::cluster::{Cluster, Options, produce, read_data};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_and_every_log_holds_the_same_committed_records() {

@@ -1,18 +1,19 @@
 //! The security matrix of ../shared/TESTING.md for the client port: every case is refused
 //! with the right error and writes nothing.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use logcluster_api::log_v1::log_client::LogClient as RawClient;
 use logcluster_api::log_v1::{ConsumeRequest, ProduceBatchRequest, ProduceRequest, Record};
 use logcluster_certs::CertificateRequest;
+use logcluster_certs::testsuite::{DAY, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic_types::StatusExt;
 
-use crate::support::{DAY, Pki, TestNode, committed_end, tls_with};
+use crate::support::single_node::{TestNode, committed_end, tls_with};
 
 fn request(value: &'static str) -> ProduceRequest {
     ProduceRequest {
@@ -58,33 +59,29 @@ async fn assert_refused(node: &TestNode, tls: ClientTlsConfig, case: &str) {
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused() {
     let node = TestNode::start().await;
-    let tls = tls_with(&node.pki.ca_path(), &node.pki.dir, None).domain_name("localhost");
+    let tls = tls_with(&node.pki.ca_path(), node.pki.dir(), None).domain_name("localhost");
     assert_refused(&node, tls, "no client certificate").await;
 }
 
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused() {
     let node = TestNode::start().await;
-    let other_dir = node.dir.path().join("other-ca");
-    let other = Pki::new(&other_dir);
-    other.client_cert("root"); // same subject, wrong issuer
+    let stranger = TestPki::stranger().expect("stranger CA");
+    stranger.client("root").expect("client certificate"); // same subject, wrong issuer
     // Trust our node's CA (so the server is accepted) but present the foreign certificate.
-    let tls = tls_with(&node.pki.ca_path(), &other_dir, Some("root")).domain_name("localhost");
+    let tls = tls_with(&node.pki.ca_path(), stranger.dir(), Some("root")).domain_name("localhost");
     assert_refused(&node, tls, "certificate from another CA").await;
 }
 
 #[tokio::test]
 async fn expired_and_not_yet_valid_certificates_are_refused() {
     let node = TestNode::start().await;
-    let now = SystemTime::now();
-    node.pki.issue(
-        "expired",
-        &CertificateRequest::client("root", DAY).with_not_before(now - 3 * DAY),
-    );
-    node.pki.issue(
-        "future",
-        &CertificateRequest::client("root", DAY).with_not_before(now + DAY),
-    );
+    node.pki
+        .expired_client("expired", "root")
+        .expect("expired certificate");
+    node.pki
+        .not_yet_valid_client("future", "root")
+        .expect("not-yet-valid certificate");
     assert_refused(&node, node.tls_as("expired"), "expired certificate").await;
     assert_refused(&node, node.tls_as("future"), "not-yet-valid certificate").await;
 }
@@ -92,10 +89,12 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
 #[tokio::test]
 async fn a_server_only_certificate_cannot_be_used_as_a_client() {
     let node = TestNode::start().await;
-    node.pki.issue(
-        "server-only",
-        &CertificateRequest::server("root", ["localhost"], [], DAY),
-    );
+    node.pki
+        .issue(
+            "server-only",
+            &CertificateRequest::server("root", ["localhost"], [], DAY),
+        )
+        .expect("server-only certificate");
     assert_refused(
         &node,
         node.tls_as("server-only"),
@@ -109,7 +108,7 @@ async fn the_client_refuses_a_server_certificate_with_the_wrong_name() {
     let node = TestNode::start().await;
     let mut root = node.client_as("root").await;
     let before = committed_end(&mut root).await;
-    let tls = tls_with(&node.pki.ca_path(), &node.pki.dir, Some("root"))
+    let tls = tls_with(&node.pki.ca_path(), node.pki.dir(), Some("root"))
         .domain_name("not-the-node.example");
     match node.try_channel(tls).await {
         Err(_) => {}

@@ -10,7 +10,7 @@ use logcluster_certs::inspect;
 use logcluster_node::auth::tls::{TlsConnector, TlsFiles, client_config};
 use tonic::Code;
 
-use crate::support::{POLICY, TestNode};
+use crate::support::single_node::{POLICY, TestNode};
 
 fn request(value: &str) -> ProduceRequest {
     ProduceRequest {
@@ -146,8 +146,8 @@ async fn a_broken_policy_file_keeps_the_old_policy() {
 async fn served_serial(node: &TestNode) -> String {
     let files = TlsFiles::new(
         node.pki.ca_path(),
-        node.pki.dir.join("root.pem"),
-        node.pki.dir.join("root-key.pem"),
+        node.pki.cert_path("root"),
+        node.pki.key_path("root"),
     );
     let connector = TlsConnector::new(client_config(&files).expect("client config"))
         .with_server_name("localhost")
@@ -177,8 +177,8 @@ async fn renewed_node_certificates_are_served_to_new_connections_while_old_ones_
         .expect("produce");
     let before = served_serial(&node).await;
 
-    let renewed = node.pki.node_cert("node"); // overwrites node.pem / node-key.pem
-    let renewed_serial = inspect(&renewed.cert_pem).expect("parse").serial_hex;
+    let renewed = node.renew_node_cert();
+    let renewed_serial = inspect(&renewed.issued.cert_pem).expect("parse").serial_hex;
     assert_ne!(before, renewed_serial);
     assert!(
         node.running()

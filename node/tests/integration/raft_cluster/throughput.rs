@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
-use crate::support::{Cluster, Options, produce};
+use crate::support::cluster::{Cluster, Options, produce};
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a manual benchmark: run in release with --ignored --nocapture"]

@@ -6,4 +6,3 @@ mod compat;
 mod observability;
 mod reload;
 mod security;
-mod support;

@@ -1,24 +1,19 @@
-//! Fixtures: a throwaway PKI, a node started through the real wiring on loopback, and
-//! clients with chosen certificates.
+//! A node started through the real wiring on loopback, with its own test PKI, and clients
+//! with chosen certificates.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use logcluster_api::log_v1::log_client::LogClient as RawClient;
-use logcluster_certs::{
-    CertificateAuthority, CertificateRequest, IssuedCertificate, write_pem_files,
-};
+use logcluster_certs::testsuite::{LOOPBACK, TestCert, TestPki};
 use logcluster_node::agent::{NodeConfig, RunningNode};
-use logcluster_node::auth::tls::TlsFiles;
 use logcluster_node::log::{FsyncPolicy, LogConfig};
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The generated client over a TLS channel.
 pub type RawLog = RawClient<Channel>;
-
-pub const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The default ACL of the tests: who may do what.
 pub const POLICY: &str = "\
@@ -28,54 +23,11 @@ p, producer, *, produce
 p, consumer, *, consume
 ";
 
-/// A CA with helpers to issue certificates into a directory.
-pub struct Pki {
-    pub dir: PathBuf,
-    pub ca: CertificateAuthority,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Self {
-        let ca = CertificateAuthority::generate("test CA", 30 * DAY).expect("CA");
-        write_pem_files(dir, "ca", ca.cert_pem(), None).expect("write CA");
-        Pki {
-            dir: dir.to_owned(),
-            ca,
-        }
-    }
-
-    pub fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    pub fn issue(&self, name: &str, request: &CertificateRequest) -> IssuedCertificate {
-        let issued = self.ca.issue(request).expect("issue");
-        write_pem_files(&self.dir, name, &issued.cert_pem, Some(&issued.key_pem)).expect("write");
-        issued
-    }
-
-    /// A node certificate for localhost / 127.0.0.1 written as `<name>.pem`.
-    pub fn node_cert(&self, name: &str) -> IssuedCertificate {
-        self.issue(
-            name,
-            &CertificateRequest::node(
-                "node",
-                ["localhost"],
-                [IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                DAY,
-            ),
-        )
-    }
-
-    pub fn client_cert(&self, subject: &str) -> IssuedCertificate {
-        self.issue(subject, &CertificateRequest::client(subject, DAY))
-    }
-}
-
 /// A node on loopback with its own data directory and PKI.
 pub struct TestNode {
-    pub dir: TempDir,
-    pub pki: Pki,
+    /// Holds the node's data, certificates and policy; removed when the test ends.
+    _dir: TempDir,
+    pub pki: TestPki,
     pub node: Option<RunningNode>,
     pub policy_path: PathBuf,
     pub config: NodeConfig,
@@ -102,10 +54,10 @@ impl TestNode {
 
     pub async fn start_with(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = Pki::new(&dir.path().join("certs"));
-        pki.node_cert("node");
+        let pki = TestPki::in_dir(dir.path().join("certs")).expect("test PKI");
+        let node_cert = issue_node_cert(&pki);
         for subject in ["root", "producer", "consumer", "nobody"] {
-            pki.client_cert(subject);
+            pki.client(subject).expect("client certificate");
         }
         let policy_path = dir.path().join("policy.csv");
         std::fs::write(&policy_path, options.policy).expect("policy");
@@ -113,11 +65,7 @@ impl TestNode {
             0,
             dir.path().join("data"),
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            TlsFiles::new(
-                pki.ca_path(),
-                pki.dir.join("node.pem"),
-                pki.dir.join("node-key.pem"),
-            ),
+            super::tls_files(&node_cert),
             policy_path.clone(),
         );
         // A single-voter cluster: it elects itself and commits on its own fsync.
@@ -132,7 +80,7 @@ impl TestNode {
             .expect("node starts");
         wait_until_leader(&node).await;
         TestNode {
-            dir,
+            _dir: dir,
             pki,
             node: Some(node),
             policy_path,
@@ -150,7 +98,7 @@ impl TestNode {
 
     /// TLS settings for a client presenting `<name>.pem` from this node's PKI.
     pub fn tls_as(&self, name: &str) -> ClientTlsConfig {
-        tls_with(&self.pki.ca_path(), &self.pki.dir, Some(name)).domain_name("localhost")
+        tls_with(&self.pki.ca_path(), self.pki.dir(), Some(name)).domain_name("localhost")
     }
 
     /// A raw generated client presenting `<name>.pem`.
@@ -174,7 +122,13 @@ impl TestNode {
 
     /// GET on the health/metrics port.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        http_get(self.running().http_addr(), path).await
+        super::http_get(self.running().http_addr(), path).await
+    }
+
+    /// Issues the node a new certificate, overwriting `node.pem` / `node-key.pem` (the node
+    /// picks it up on its next reload).
+    pub fn renew_node_cert(&self) -> TestCert {
+        issue_node_cert(&self.pki)
     }
 
     /// Stops the node (if running) and starts it again on the same data and certificates.
@@ -208,27 +162,10 @@ pub fn tls_with(ca: &Path, dir: &Path, name: Option<&str>) -> ClientTlsConfig {
     }
 }
 
-/// A minimal HTTP/1.1 GET (the health port is plaintext).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect http");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status code");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+/// The node certificate (`node.pem`, subject `node`) for localhost / 127.0.0.1.
+fn issue_node_cert(pki: &TestPki) -> TestCert {
+    pki.node("node", "node", &[LOOPBACK], &[])
+        .expect("node certificate")
 }
 
 /// The `next_offset` the server reports through an OUT_OF_RANGE refusal.
@@ -281,7 +218,7 @@ async fn wait_until_leader(node: &RunningNode) {
         .expect("the node becomes leader");
     let addr = node.http_addr();
     eventually("/readyz", || async move {
-        http_get(addr, "/readyz").await.0 == 200
+        super::http_get(addr, "/readyz").await.0 == 200
     })
     .await;
 }

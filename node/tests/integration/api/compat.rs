@@ -5,7 +5,7 @@ use logcluster_api::proglog_v1::log_client::LogClient as ProglogClient;
 use logcluster_api::proglog_v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record};
 use tonic::Code;
 
-use crate::support::TestNode;
+use crate::support::single_node::TestNode;
 
 fn record(value: &str) -> Option<Record> {
     Some(Record {
