@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use logcluster_api::ProduceStream;
 use logcluster_api::log_v1::log_client::LogClient as RawClient;
 use logcluster_api::log_v1::{ProduceBatchRequest, ProduceRequest, Record};
 use tokio::sync::mpsc;
@@ -414,38 +414,24 @@ async fn stream_worker(
     value: Bytes,
     in_flight: usize,
 ) -> WorkerReport {
-    let mut client = raw(channel);
     let mut report = WorkerReport::default();
-    // Requests flow through a channel so that at most `in_flight` are outstanding; each
-    // response is matched to its request's send time (responses come back in order).
-    let (requests, request_rx) = mpsc::channel::<ProduceRequest>(in_flight);
-    let outbound = futures::stream::unfold(request_rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
-    });
+    // At most `in_flight` records are outstanding; each response is matched to its request's
+    // send time (responses come back in order). `ProduceStream` sends without waiting for the
+    // response headers, which some servers send only with their first reply.
+    let mut stream = ProduceStream::open(channel, in_flight);
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(in_flight);
-    let responses = match client.produce_stream(outbound).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            note_error(&mut report, status);
-            return report;
-        }
-    };
-    let mut responses = responses.fuse();
     let mut open = true;
     loop {
         while open && sent.len() < in_flight {
             if budget.take(1) == 0 {
                 open = false;
+                stream.finish();
                 break;
             }
             sent.push_back(Instant::now());
-            if requests
-                .send(ProduceRequest {
-                    record: Some(record(&value)),
-                })
-                .await
-                .is_err()
-            {
+            if stream.send(value.clone()).await.is_err() {
+                // The call ended; its responses say how.
+                sent.pop_back();
                 open = false;
                 break;
             }
@@ -453,7 +439,7 @@ async fn stream_worker(
         if sent.is_empty() {
             break;
         }
-        match responses.next().await {
+        match stream.next().await {
             Some(Ok(_)) => {
                 if let Some(at) = sent.pop_front() {
                     report.latencies_us.push(micros(at.elapsed()));
@@ -461,13 +447,12 @@ async fn stream_worker(
                 report.records += 1;
                 budget.produced.fetch_add(1, Ordering::Relaxed);
             }
-            Some(Err(status)) => {
-                note_error(&mut report, status);
+            Some(Err(error)) => {
+                note_error(&mut report, error);
                 break;
             }
             None => break,
         }
     }
-    drop(requests);
     report
 }

@@ -205,13 +205,9 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    // Not following: read up to the end of the committed log as it is now.
-    let end = match client.consume(u64::MAX).await {
-        Err(ClientError::OutOfRange { next, .. }) => next,
-        Err(e) => return Err(explain(e)),
-        Ok(_) => bail!("the server returned a record at offset {}", u64::MAX),
-    };
-    let mut stream = Box::pin(client.consume_range(args.from, end));
+    // Not following: read up to the end of the committed log as it is now (how the end is
+    // found, also from servers other than ours: `LogClient::consume_to_end`).
+    let mut stream = client.consume_to_end(args.from).await.map_err(explain)?;
     while printed < limit {
         match stream.next().await {
             Some(record) => {

@@ -23,7 +23,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("logc
 pub mod errors;
 
 pub mod client;
-pub use client::{ClientConfig, ClientError, ClientTls, ConnectTo, LogClient};
+pub use client::{
+    ClientConfig, ClientError, ClientTls, ConnectTo, LogClient, LogEnd, ProduceStream,
+};
 
 /// A client generated from proglog's own `log.v1` layout (not ours): tests use it to prove
 /// wire compatibility. Not part of the supported API.

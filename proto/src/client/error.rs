@@ -39,6 +39,12 @@ pub enum ClientError {
     /// The cluster could not serve the call before the retry deadline.
     #[error("the cluster is unavailable: {0}")]
     Unavailable(String),
+    /// A server returned a record for an offset no log reaches (`u64::MAX`).
+    #[error("the server returned a record (offset {offset}) for an offset past any end of the log")]
+    RecordPastTheEnd { offset: u64 },
+    /// A record was sent on a stream that has ended (its responses say how).
+    #[error("the stream has ended; its responses tell how")]
+    StreamClosed,
     #[error("{0}")]
     Other(Status),
 }
@@ -90,6 +96,25 @@ impl StatusInfo {
     }
 }
 
+/// The call failed on the way, not by the server's decision about it: the connection broke, it
+/// took too long, the server is overloaded or restarting. Another server or a later attempt may
+/// answer. Anything else is the server's answer about the request and is taken as such.
+pub(crate) fn is_transient(status: &Status) -> bool {
+    match status.code() {
+        // NB: tonic reports HTTP/2 stream resets as INTERNAL; our server reports storage
+        // failures as INTERNAL too, which another replica may not have.
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Aborted
+        | Code::Internal => true,
+        // tonic's own report of a broken transport carries its cause; a server's UNKNOWN does
+        // not (proglog answers past-the-end with code 404, which arrives as UNKNOWN).
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
+
 /// A connection to `addr` could not be made, or broke before the request left: such failures
 /// are safe to retry even for writes.
 pub(crate) fn is_connect_failure(status: &Status) -> bool {
@@ -134,5 +159,41 @@ impl From<Status> for ClientError {
             (Code::Unavailable, _) => ClientError::Unavailable(message),
             _ => ClientError::Other(status),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_transient_and_server_answers_are_not() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Aborted,
+            Code::Internal,
+        ] {
+            assert!(is_transient(&Status::new(code, "x")), "{code:?}");
+        }
+        for code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::OutOfRange,
+            Code::FailedPrecondition,
+            Code::Unknown,
+            Code::PermissionDenied,
+        ] {
+            assert!(!is_transient(&Status::new(code, "x")), "{code:?}");
+        }
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(
+            is_transient(&broken),
+            "tonic's report of a broken connection"
+        );
     }
 }

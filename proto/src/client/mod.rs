@@ -16,7 +16,9 @@
 //!   leader does not cost every call a timeout.
 
 mod connect_to;
+mod consume_to_end;
 mod error;
+mod produce_stream;
 mod tls;
 
 use std::collections::HashMap;
@@ -31,8 +33,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use connect_to::host_of;
 pub use connect_to::{ConnectTo, parse_connect_to};
+pub use consume_to_end::LogEnd;
 pub use error::ClientError;
-use error::{StatusInfo, is_connect_failure};
+use error::{StatusInfo, is_connect_failure, is_transient};
+pub use produce_stream::ProduceStream;
 pub use tls::ClientTls;
 
 use crate::log_v1::log_client::LogClient as RawLogClient;
@@ -556,6 +560,7 @@ impl LogClient {
             self.refresh_if_stale().await;
             let mut last_error = String::new();
             let mut out_of_range = None;
+            let mut answered = None;
             for target in self.read_targets().await {
                 let channel = match self.channel(&target).await {
                     Ok(channel) => channel,
@@ -581,7 +586,9 @@ impl LogClient {
                             // A follower may not have applied the offset yet: ask the others
                             // (the leader last) before believing it.
                             ClientError::OutOfRange { .. } => out_of_range = Some(error),
-                            ClientError::Unavailable(_) | ClientError::Other(_) => {
+                            ClientError::Unavailable(_) | ClientError::Other(_)
+                                if is_transient(&status) =>
+                            {
                                 if is_connect_failure(&status)
                                     || status.code() == tonic::Code::DeadlineExceeded
                                     || status.code() == tonic::Code::Cancelled
@@ -590,12 +597,17 @@ impl LogClient {
                                 }
                                 last_error = format!("{target}: {}", status.message());
                             }
+                            // NB: a definite answer outside our vocabulary (another server's
+                            // NOT_FOUND for past the end, say) is an answer, not unavailability:
+                            // like out-of-range, ask the others and then believe it, instead of
+                            // retrying until the deadline.
+                            ClientError::Other(_) => answered = Some(error),
                             other => return Err(other),
                         }
                     }
                 }
             }
-            if let Some(error) = out_of_range {
+            if let Some(error) = out_of_range.or(answered) {
                 return Err(error);
             }
             if Instant::now() >= deadline {
@@ -702,6 +714,11 @@ impl LogClient {
                                 if tx.send(Ok(record)).await.is_err() {
                                     return;
                                 }
+                                // The range is complete even if the server, not knowing
+                                // `end_offset`, would keep the stream open.
+                                if end.is_some_and(|end| next >= end) {
+                                    return;
+                                }
                             }
                             Ok(None) => {
                                 if end.is_some() {
@@ -735,6 +752,12 @@ impl LogClient {
             attempt += 1;
             let _ = self.refresh().await;
         }
+    }
+
+    /// Opens a `ProduceStream` call to the leader (see [`ProduceStream`]); up to `in_flight`
+    /// records are queued before sending waits.
+    pub async fn produce_stream(&self, in_flight: usize) -> Result<ProduceStream, ClientError> {
+        Ok(ProduceStream::open(self.leader_channel().await?, in_flight))
     }
 
     /// A connected channel to the current leader (for the admin API).

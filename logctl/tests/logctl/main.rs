@@ -1,0 +1,7 @@
+//! logctl and the Rust client against servers that are not ours: one test binary (STYLE.md),
+//! one module per area. Every server here is an in-process `log.v1` fake on an ephemeral
+//! loopback port, with mutual TLS from a throwaway PKI.
+
+mod closed_stdout;
+mod fake_log;
+mod late_headers;
