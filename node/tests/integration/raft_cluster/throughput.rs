@@ -3,7 +3,7 @@
 //! write path stands:
 //!
 //! ```text
-//! cargo test --release -p logcluster-node --test raft_cluster throughput -- --ignored --nocapture
+//! cargo test --release -p logcluster-node --test integration raft_cluster::throughput -- --ignored --nocapture
 //! ```
 //! `logctl bench` is the benchmark of record (through the client API).
 
