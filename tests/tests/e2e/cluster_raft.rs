@@ -1,15 +1,23 @@
 //! Real `lognode` processes on loopback, real mutual TLS, faults under continuous produce load;
 //! every test checks the client history against every node's log (P1–P7, TESTING.md) and
 //! requires progress (P8).
+//!
+//! The tests are a table of [`Scenario`]s run by one driver ([`run`]): the same cluster, the
+//! same workload and the same history check for every scenario; only the [`Fault`] differs.
+//! Each scenario is still its own `#[test]`, so CI output and name filters see it.
 
 use std::time::Duration;
 
+use logcluster_api::admin_v1::admin_client::AdminClient;
+use logcluster_api::admin_v1::{RemoveNodeRequest, TransferLeaderRequest};
 use logcluster_tests::cluster::{ClusterSpec, ProcessCluster, Workload};
 
 const PRODUCERS: u32 = 4;
 /// P8: fewer acknowledged produces than this in a fault window makes a run invalid.
 const MIN_ACKS_PER_WINDOW: usize = 100;
 const WINDOW_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every scenario starts with this many nodes.
+const NODES: usize = 3;
 
 async fn cluster(nodes: usize, subnet: u8) -> ProcessCluster {
     match ProcessCluster::start(ClusterSpec::new(nodes, subnet)).await {
@@ -44,104 +52,175 @@ async fn finish(workload: Workload, cluster: &ProcessCluster) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_replicate_every_record_to_every_node() {
-    let cluster = cluster(3, 10).await;
+/// What a scenario does to the cluster while the workload runs.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Nothing: a healthy cluster.
+    None,
+    /// SIGKILL the leader, wait for a new one, restart the old leader.
+    KillLeader,
+    /// SIGKILL a follower, restart it.
+    KillFollower,
+    /// SIGSTOP the leader until the others elect a new one, then SIGCONT it.
+    PauseLeader,
+    /// Add nodes up to five voters, then remove the two newest through the admin API.
+    GrowToFiveAndShrinkToThree,
+    /// Transfer leadership to another voter, twice.
+    TransferLeadership,
+    /// Three rounds (follower, leader, follower): freeze a node, kill it, cut its log after
+    /// its durable index, restart it.
+    LoseUnsyncedWrites,
+    /// Kill the leader this many times, reporting the failover times.
+    RepeatedLeaderKills(usize),
+}
+
+/// One fault test: a named row of the table below.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    /// Third octet of the cluster's loopback addresses (127.0.`subnet`.x), one per scenario so
+    /// scenarios can run at the same time.
+    subnet: u8,
+    /// Whether a live consumer runs alongside the producers (its view is checked too).
+    live_consumer: bool,
+    fault: Fault,
+}
+
+/// The driver: a three-node cluster under load, the fault, then the history check.
+async fn run(scenario: Scenario) {
+    let mut cluster = cluster(NODES, scenario.subnet).await;
     let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
-    window(&workload, &cluster, "on a healthy cluster").await;
+    let workload = Workload::start(&client, PRODUCERS, scenario.live_consumer);
+    match scenario.fault {
+        Fault::None => window(&workload, &cluster, "on a healthy cluster").await,
+        Fault::KillLeader => kill_leader(&mut cluster, &workload).await,
+        Fault::KillFollower => kill_follower(&mut cluster, &workload).await,
+        Fault::PauseLeader => pause_leader(&mut cluster, &workload).await,
+        Fault::GrowToFiveAndShrinkToThree => grow_and_shrink(&mut cluster, &workload).await,
+        Fault::TransferLeadership => transfer_leadership(&cluster, &workload).await,
+        Fault::LoseUnsyncedWrites => lose_unsynced_writes(&mut cluster, &workload).await,
+        Fault::RepeatedLeaderKills(kills) => {
+            repeated_leader_kills(&mut cluster, &workload, kills).await
+        }
+    }
     finish(workload, &cluster).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_leader_under_load_loses_no_acknowledged_record() {
-    let mut cluster = cluster(3, 11).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
-    window(&workload, &cluster, "before the kill").await;
+/// Declares one `#[test]` per scenario, named after it.
+macro_rules! scenarios {
+    ($($name:ident: $scenario:expr;)+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            run($scenario).await;
+        }
+    )+};
+}
 
-    let leader = cluster
+scenarios! {
+    three_nodes_replicate_every_record_to_every_node: Scenario {
+        subnet: 10,
+        live_consumer: true,
+        fault: Fault::None,
+    };
+    killing_the_leader_under_load_loses_no_acknowledged_record: Scenario {
+        subnet: 11,
+        live_consumer: true,
+        fault: Fault::KillLeader,
+    };
+    a_follower_killed_and_restarted_under_load_catches_up: Scenario {
+        subnet: 12,
+        live_consumer: true,
+        fault: Fault::KillFollower,
+    };
+    a_paused_leader_acknowledges_nothing_after_it_resumes_as_a_stale_leader: Scenario {
+        subnet: 13,
+        live_consumer: true,
+        fault: Fault::PauseLeader,
+    };
+    growing_to_five_and_shrinking_back_to_three_under_load: Scenario {
+        subnet: 14,
+        live_consumer: true,
+        fault: Fault::GrowToFiveAndShrinkToThree,
+    };
+    transferring_leadership_under_load: Scenario {
+        subnet: 15,
+        live_consumer: true,
+        fault: Fault::TransferLeadership,
+    };
+    lost_unsynced_writes_on_a_restarted_node_are_repaired: Scenario {
+        subnet: 16,
+        live_consumer: true,
+        fault: Fault::LoseUnsyncedWrites,
+    };
+    // No live consumer: the failover times are measured on producers alone.
+    repeated_leader_kills_report_failover_times: Scenario {
+        subnet: 17,
+        live_consumer: false,
+        fault: Fault::RepeatedLeaderKills(20),
+    };
+}
+
+async fn leader(cluster: &ProcessCluster) -> usize {
+    cluster
         .wait_for_leader(None, Duration::from_secs(30))
         .await
-        .expect("leader");
+        .expect("leader")
+}
+
+async fn kill_leader(cluster: &mut ProcessCluster, workload: &Workload) {
+    window(workload, cluster, "before the kill").await;
+    let leader = leader(cluster).await;
     cluster.kill(leader);
     let new_leader = cluster
         .wait_for_leader(Some(leader), Duration::from_secs(30))
         .await
         .expect("a new leader takes over");
     assert_ne!(new_leader, leader);
-    window(&workload, &cluster, "after the leader was killed").await;
+    window(workload, cluster, "after the leader was killed").await;
 
     // The killed node comes back and catches up.
     cluster.restart(leader).expect("restart");
-    window(&workload, &cluster, "after the old leader restarted").await;
-    finish(workload, &cluster).await;
+    window(workload, cluster, "after the old leader restarted").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_killed_and_restarted_under_load_catches_up() {
-    let mut cluster = cluster(3, 12).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
-    window(&workload, &cluster, "before the kill").await;
-    let leader = cluster
-        .wait_for_leader(None, Duration::from_secs(30))
-        .await
-        .expect("leader");
-    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+async fn kill_follower(cluster: &mut ProcessCluster, workload: &Workload) {
+    window(workload, cluster, "before the kill").await;
+    let leader = leader(cluster).await;
+    let follower = (0..NODES).find(|i| *i != leader).expect("a follower");
     cluster.kill(follower);
-    window(&workload, &cluster, "with a follower down").await;
+    window(workload, cluster, "with a follower down").await;
     cluster.restart(follower).expect("restart");
-    window(&workload, &cluster, "after the follower restarted").await;
-    finish(workload, &cluster).await;
+    window(workload, cluster, "after the follower restarted").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_leader_acknowledges_nothing_after_it_resumes_as_a_stale_leader() {
-    let mut cluster = cluster(3, 13).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
-    window(&workload, &cluster, "before the pause").await;
-    let leader = cluster
-        .wait_for_leader(None, Duration::from_secs(30))
-        .await
-        .expect("leader");
+async fn pause_leader(cluster: &mut ProcessCluster, workload: &Workload) {
+    window(workload, cluster, "before the pause").await;
+    let leader = leader(cluster).await;
     cluster.pause(leader);
     // Longer than the election timeout (3-6 heartbeats of 100 ms): the others elect a leader.
     cluster
         .wait_for_leader(Some(leader), Duration::from_secs(30))
         .await
         .expect("a new leader while the old one is paused");
-    window(&workload, &cluster, "while the old leader is paused").await;
+    window(workload, cluster, "while the old leader is paused").await;
     cluster.resume(leader);
-    window(&workload, &cluster, "after the stale leader resumed").await;
-    // Whatever the stale leader may have acknowledged would have to be in every log (P1).
-    finish(workload, &cluster).await;
+    window(workload, cluster, "after the stale leader resumed").await;
+    // Whatever the stale leader may have acknowledged would have to be in every log (P1): the
+    // driver's history check.
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn growing_to_five_and_shrinking_back_to_three_under_load() {
-    use logcluster_api::admin_v1::RemoveNodeRequest;
-    use logcluster_api::admin_v1::admin_client::AdminClient;
-
-    let mut cluster = cluster(3, 14).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
-    window(&workload, &cluster, "before growing").await;
+async fn grow_and_shrink(cluster: &mut ProcessCluster, workload: &Workload) {
+    window(workload, cluster, "before growing").await;
     for expected in [4usize, 5] {
         cluster.add_node_process().expect("start a node");
         cluster
             .wait_for_voters(expected, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("grow to {expected}: {e}"));
-        window(&workload, &cluster, &format!("with {expected} voters")).await;
+        window(workload, cluster, &format!("with {expected} voters")).await;
     }
     // Shrink: remove the two newest nodes through the admin API, then stop them.
     for (remove, expected) in [(4usize, 4usize), (3, 3)] {
-        let leader = cluster
-            .wait_for_leader(None, Duration::from_secs(30))
-            .await
-            .expect("leader");
+        let leader = leader(cluster).await;
         let channel = cluster.channel_to(leader).await.expect("channel");
         AdminClient::new(channel)
             .remove_node(RemoveNodeRequest {
@@ -154,31 +233,15 @@ async fn growing_to_five_and_shrinking_back_to_three_under_load() {
             .await
             .unwrap_or_else(|e| panic!("shrink to {expected}: {e}"));
         cluster.stop(remove);
-        window(
-            &workload,
-            &cluster,
-            &format!("after shrinking to {expected}"),
-        )
-        .await;
+        window(workload, cluster, &format!("after shrinking to {expected}")).await;
     }
-    finish(workload, &cluster).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transferring_leadership_under_load() {
-    use logcluster_api::admin_v1::TransferLeaderRequest;
-    use logcluster_api::admin_v1::admin_client::AdminClient;
-
-    let cluster = cluster(3, 15).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
-    window(&workload, &cluster, "before the transfer").await;
+async fn transfer_leadership(cluster: &ProcessCluster, workload: &Workload) {
+    window(workload, cluster, "before the transfer").await;
     for _ in 0..2 {
-        let leader = cluster
-            .wait_for_leader(None, Duration::from_secs(30))
-            .await
-            .expect("leader");
-        let target = (0..3).find(|i| *i != leader).expect("another voter");
+        let leader = leader(cluster).await;
+        let target = (0..NODES).find(|i| *i != leader).expect("another voter");
         let channel = cluster.channel_to(leader).await.expect("channel");
         let response = AdminClient::new(channel)
             .transfer_leader(TransferLeaderRequest {
@@ -193,25 +256,17 @@ async fn transferring_leadership_under_load() {
             .await
             .expect("leader");
         assert_eq!(now, target);
-        window(&workload, &cluster, "after the transfer").await;
+        window(workload, cluster, "after the transfer").await;
     }
-    finish(workload, &cluster).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_unsynced_writes_on_a_restarted_node_are_repaired() {
-    let mut cluster = cluster(3, 16).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, true);
+async fn lose_unsynced_writes(cluster: &mut ProcessCluster, workload: &Workload) {
     for round in 0..3 {
-        window(&workload, &cluster, &format!("before round {round}")).await;
-        let leader = cluster
-            .wait_for_leader(None, Duration::from_secs(30))
-            .await
-            .expect("leader");
+        window(workload, cluster, &format!("before round {round}")).await;
+        let leader = leader(cluster).await;
         // Alternate between a follower and the leader.
         let victim = if round % 2 == 0 {
-            (leader + 1) % 3
+            (leader + 1) % NODES
         } else {
             leader
         };
@@ -225,23 +280,14 @@ async fn lost_unsynced_writes_on_a_restarted_node_are_repaired() {
         eprintln!("round {round}: node {victim} lost {cut} bytes after index {durable}");
         cluster.restart(victim).expect("restart");
     }
-    window(&workload, &cluster, "after the last restart").await;
-    finish(workload, &cluster).await;
+    window(workload, cluster, "after the last restart").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_leader_kills_report_failover_times() {
-    const KILLS: usize = 20;
-    let mut cluster = cluster(3, 17).await;
-    let client = cluster.client().await.expect("client");
-    let workload = Workload::start(&client, PRODUCERS, false);
-    let mut failovers = Vec::with_capacity(KILLS);
-    for kill in 0..KILLS {
-        window(&workload, &cluster, &format!("before kill {kill}")).await;
-        let leader = cluster
-            .wait_for_leader(None, Duration::from_secs(30))
-            .await
-            .expect("leader");
+async fn repeated_leader_kills(cluster: &mut ProcessCluster, workload: &Workload, kills: usize) {
+    let mut failovers = Vec::with_capacity(kills);
+    for kill in 0..kills {
+        window(workload, cluster, &format!("before kill {kill}")).await;
+        let leader = leader(cluster).await;
         let killed_at = workload.history().now();
         cluster.kill(leader);
         // The old leader is dead (killed and reaped): a produce invoked from now on can only be
@@ -271,11 +317,10 @@ async fn repeated_leader_kills_report_failover_times() {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let p = |q: f64| failovers[((failovers.len() - 1) as f64 * q).round() as usize];
     eprintln!(
-        "failover over {KILLS} leader kills: min {:.0} ms, median {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "failover over {kills} leader kills: min {:.0} ms, median {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         ms(failovers[0]),
         ms(p(0.5)),
         ms(p(0.99)),
         ms(failovers[failovers.len() - 1])
     );
-    finish(workload, &cluster).await;
 }
