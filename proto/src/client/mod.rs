@@ -6,7 +6,11 @@
 //!   with backoff while the write is known not to have been appended (refusals that say so,
 //!   connections that could not be made). Anything else that may have appended the record is
 //!   reported as [`ClientError::OutcomeUnknown`], never retried behind the caller's back.
-//! * Spreads consumes round-robin over followers and falls back to the leader.
+//! * Spreads consumes round-robin over followers and falls back to the leader. A definite
+//!   refusal of a read is an answer, not unavailability ([`LogClient::consume_to_end`] finds the
+//!   end of the log from it, whatever code a server uses); only transient failures are retried.
+//! * Does not depend on our server's header timing: [`ProduceStream`] sends records before the
+//!   response headers arrive.
 //! * Keeps one HTTP/2 connection per server and reuses it for every call.
 //! * Bounds everything by time: establishing a connection (TCP, TLS handshake and HTTP/2) by
 //!   `connect_timeout`, each unary call by `request_timeout` (also enforced on the client side,
