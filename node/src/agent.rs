@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -16,11 +15,13 @@ use crate::api::{AdminService, Closing, LogService, LogServiceLimits, RaftServic
 use crate::auth::AccessControl;
 use crate::auth::authz::CasbinAuthorizer;
 use crate::auth::tls::{self, ReloadingTlsFiles, TlsFiles};
-use crate::config::{FsyncMode, NodeArgs, node_id_from_hostname};
+use crate::config::{ConfigError, FsyncMode, NodeArgs, node_id_from_hostname};
+use crate::error::{Error, Result};
 use crate::http::{self, HttpState, Readiness};
 use crate::log::{FsyncPolicy, LogConfig};
 use crate::membership::{
-    GossipSecurity, Membership, MembershipConfig, Reconciler, ReconcilerConfig, resolve_gossip_addr,
+    GossipSecurity, Membership, MembershipConfig, MembershipError, Reconciler, ReconcilerConfig,
+    resolve_gossip_addr,
 };
 use crate::raft::{RaftNode, RaftNodeConfig};
 use crate::telemetry::metrics::{CertificateRole, LogGauges, Metrics};
@@ -113,9 +114,7 @@ impl NodeConfig {
             Some(id) => id,
             None => {
                 let hostname = hostname();
-                node_id_from_hostname(&hostname).with_context(|| {
-                    format!("no --node-id given and the host name `{hostname}` does not end in -<ordinal>")
-                })?
+                node_id_from_hostname(&hostname).ok_or(ConfigError::NoNodeId { hostname })?
             }
         };
         let advertise_addr = match &args.advertise_addr {
@@ -123,23 +122,28 @@ impl NodeConfig {
             None => format!("{}:{}", hostname(), args.listen_addr.port()),
         };
         if !advertise_addr.contains(':') {
-            bail!("--advertise-addr `{advertise_addr}` must be host:port");
+            return Err(invalid(
+                "--advertise-addr",
+                format!("`{advertise_addr}` must be host:port"),
+            ));
         }
         let max_record_bytes = u32::try_from(args.max_record_bytes).map_err(|_| {
-            anyhow::anyhow!(
-                "--max-record-bytes {} is larger than 4 GiB",
-                args.max_record_bytes
+            invalid(
+                "--max-record-bytes",
+                format!("{} is larger than 4 GiB", args.max_record_bytes),
             )
         })?;
         if args.max_record_bytes == 0 {
-            bail!("--max-record-bytes must be at least 1");
+            return Err(invalid("--max-record-bytes", "must be at least 1".into()));
         }
         if args.max_record_bytes >= args.max_segment_bytes {
-            bail!(
-                "--max-record-bytes ({}) must be smaller than --max-segment-bytes ({})",
-                args.max_record_bytes,
-                args.max_segment_bytes
-            );
+            return Err(invalid(
+                "--max-record-bytes",
+                format!(
+                    "{} must be smaller than --max-segment-bytes ({})",
+                    args.max_record_bytes, args.max_segment_bytes
+                ),
+            ));
         }
         let fsync = match args.fsync {
             FsyncMode::Always => FsyncPolicy::Always,
@@ -153,7 +157,7 @@ impl NodeConfig {
             max_record_bytes,
             ..LogConfig::default()
         };
-        let gossip = gossip_config(args, &advertise_addr)?;
+        let gossip = gossip_config(args, &advertise_addr).map_err(Error::GossipConfig)?;
         Ok(NodeConfig {
             node_id,
             data_dir: args.data_dir.clone(),
@@ -178,7 +182,10 @@ impl NodeConfig {
 /// Gossip runs when it is asked for: a key file, seeds, or the explicit insecure flag. Seeds
 /// without a key are refused (ARCHITECTURE decision 4: gossip is authenticated unless the
 /// operator says otherwise by name).
-fn gossip_config(args: &NodeArgs, advertise_addr: &str) -> Result<Option<GossipConfig>> {
+fn gossip_config(
+    args: &NodeArgs,
+    advertise_addr: &str,
+) -> Result<Option<GossipConfig>, MembershipError> {
     let wanted = args.gossip_key_file.is_some()
         || args.insecure_gossip_without_key
         || !args.gossip_seed.is_empty();
@@ -205,6 +212,22 @@ fn gossip_config(args: &NodeArgs, advertise_addr: &str) -> Result<Option<GossipC
         security,
         interval: args.gossip_interval,
     }))
+}
+
+fn invalid(option: &'static str, reason: String) -> Error {
+    Error::Config(ConfigError::Invalid { option, reason })
+}
+
+async fn bind(port: &'static str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { port, addr, source })
+}
+
+fn local_addr(port: &'static str, listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|source| Error::Bind { port, addr, source })
 }
 
 fn hostname() -> String {
@@ -242,11 +265,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             // NB: never keep serving after a storage failure (e.g. a failed fsync): the data on
             // disk is the truth; a restart recovers from it.
             tracing::error!(%reason, "fatal error; exiting so the node restarts from disk");
-            Err(anyhow::anyhow!("fatal: {reason}"))
+            Err(Error::Fatal(reason))
         }
         reason = gossip_failed => {
             tracing::error!(%reason, "gossip stopped; exiting so the node restarts");
-            Err(anyhow::anyhow!("gossip failed: {reason}"))
+            Err(Error::GossipStopped(reason))
         }
     }
 }
@@ -277,19 +300,20 @@ impl RunningNode {
         tls::install_default_crypto_provider();
         let metrics = Metrics::new(config.node_id);
 
-        let tls_files = ReloadingTlsFiles::load(config.tls.clone())
-            .with_context(|| format!("loading the node's TLS files {:?}", config.tls))?;
+        let tls_files =
+            ReloadingTlsFiles::load(config.tls.clone()).map_err(|source| Error::Tls {
+                files: Box::new(config.tls.clone()),
+                source,
+            })?;
         let mut background = vec![tls_files.spawn_watcher(RELOAD_INTERVAL)];
         metrics
             .set_certificate_not_after(CertificateRole::Node, unix_seconds(tls_files.not_after()));
         let authorizer =
             CasbinAuthorizer::from_files(config.acl_model_file.as_deref(), &config.acl_policy_file)
                 .await
-                .with_context(|| {
-                    format!(
-                        "loading the ACL policy {}",
-                        config.acl_policy_file.display()
-                    )
+                .map_err(|source| Error::Acl {
+                    path: config.acl_policy_file.clone(),
+                    source,
                 })?;
         background.push(authorizer.spawn_watcher(RELOAD_INTERVAL));
         let access = AccessControl::new(Arc::new(authorizer.clone()));
@@ -310,7 +334,10 @@ impl RunningNode {
             metrics.clone(),
         )
         .await
-        .with_context(|| format!("starting Raft on {}", config.data_dir.display()))?;
+        .map_err(|source| Error::RaftStart {
+            data_dir: config.data_dir.clone(),
+            source,
+        })?;
         // Shared with the join task; unwrapped again at shutdown.
         let raft = Arc::new(raft);
         {
@@ -329,10 +356,8 @@ impl RunningNode {
         let closing = Closing::new();
         let (readiness, readiness_rx) = watch::channel(Readiness::default());
 
-        let http_listener = TcpListener::bind(config.http_listen_addr)
-            .await
-            .with_context(|| format!("binding the HTTP port {}", config.http_listen_addr))?;
-        let http_addr = http_listener.local_addr()?;
+        let http_listener = bind("HTTP", config.http_listen_addr).await?;
+        let http_addr = local_addr("HTTP", &http_listener, config.http_listen_addr)?;
         let http_task = tokio::spawn(http::serve(
             http_listener,
             HttpState {
@@ -351,21 +376,17 @@ impl RunningNode {
         .with_closing(closing.clone());
         let routes = GrpcRoutes::new(service)
             .await
-            .context("building the gRPC services")?
+            .map_err(Error::Services)?
             .add_service(
                 RaftService::for_node(&raft, access.clone(), closing.clone()).into_server(),
             )
             .add_service(AdminService::new(raft.admin().clone(), access).into_server());
         let health = routes.health();
-        let grpc_listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding the gRPC port {}", config.listen_addr))?;
-        let grpc_addr = grpc_listener.local_addr()?;
+        let grpc_listener = bind("gRPC", config.listen_addr).await?;
+        let grpc_addr = local_addr("gRPC", &grpc_listener, config.listen_addr)?;
         let incoming = tls::tls_incoming(
             grpc_listener,
-            tls_files
-                .server_config()
-                .context("building the TLS server configuration")?,
+            tls_files.server_config().map_err(Error::TlsServer)?,
             tls::DEFAULT_HANDSHAKE_TIMEOUT,
         );
         let grpc_task = tokio::spawn(routes.serve(
@@ -381,7 +402,7 @@ impl RunningNode {
             match raft.bootstrap_if_new().await {
                 Ok(true) => tracing::info!("bootstrapped a new cluster"),
                 Ok(false) => tracing::info!("already initialized; --bootstrap has nothing to do"),
-                Err(e) => return Err(anyhow::anyhow!(e).context("bootstrapping the cluster")),
+                Err(e) => return Err(Error::Bootstrap(e)),
             }
         }
         if !config.join.is_empty() {
@@ -397,7 +418,7 @@ impl RunningNode {
             Some(gossip) => Some(
                 start_gossip(&config, gossip, &raft, &metrics)
                     .await
-                    .context("starting gossip discovery")?,
+                    .map_err(Error::Gossip)?,
             ),
             None => {
                 tracing::info!(
@@ -515,9 +536,8 @@ impl RunningNode {
             task.abort();
             let _ = task.await; // drops what the task held (the join task's Raft handle)
         }
-        let raft = Arc::try_unwrap(self.raft)
-            .map_err(|_| anyhow::anyhow!("the Raft node is still in use at shutdown"))?;
-        raft.shutdown().await.context("shutting Raft down")?;
+        let raft = Arc::try_unwrap(self.raft).map_err(|_| Error::RaftInUse)?;
+        raft.shutdown().await.map_err(Error::RaftShutdown)?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -536,7 +556,7 @@ async fn start_gossip(
     gossip: &GossipConfig,
     raft: &RaftNode,
     metrics: &Metrics,
-) -> Result<RunningGossip> {
+) -> Result<RunningGossip, MembershipError> {
     let advertise = resolve_gossip_addr(&gossip.advertise_addr, GOSSIP_ADDR_PATIENCE).await?;
     let membership_config = MembershipConfig::new(
         config.node_id,

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The flag's type lives with the logging it configures (`telemetry` never looks up here).
+pub use crate::telemetry::tracing::LogFormat;
+
 use clap::{Parser, ValueEnum};
 
 /// Prefix of every environment variable that sets a `lognode` flag.
@@ -166,15 +169,6 @@ pub struct NodeArgs {
     pub heartbeat_interval: Duration,
 }
 
-/// Log line format.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line (for log collectors).
-    Json,
-}
-
 /// When appended records are synced to disk.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncMode {
@@ -209,8 +203,19 @@ pub enum ConfigError {
     },
 }
 
+/// Why a size flag did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    #[error("`{0}` is not a size such as 4096, 64MiB or 1GiB")]
+    NotASize(String),
+    #[error("unknown size unit `{unit}` in `{text}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")]
+    UnknownUnit { unit: String, text: String },
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+}
+
 /// Parses sizes such as `4096`, `64KiB`, `10MiB`, `1GiB`, `1GB` (powers of 1000), `2TiB`.
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub fn parse_byte_size(text: &str) -> Result<u64, ByteSizeError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -218,7 +223,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 4096, 64MiB or 1GiB"))?;
+        .map_err(|_| ByteSizeError::NotASize(text.to_owned()))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -230,14 +235,15 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
         other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ));
+            return Err(ByteSizeError::UnknownUnit {
+                unit: other.to_owned(),
+                text: text.to_owned(),
+            });
         }
     };
     number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .ok_or_else(|| ByteSizeError::TooLarge(text.to_owned()))
 }
 
 /// Node id from a StatefulSet-style host name: the digits after the last `-`.
@@ -251,23 +257,25 @@ pub fn node_id_from_hostname(hostname: &str) -> Option<u64> {
     ordinal.parse().ok()
 }
 
-/// Exports every key of the YAML file at `path` as a `LOGCLUSTER_*` environment variable
-/// unless that variable is already set, so that clap sees file < env < flags.
+/// The `LOGCLUSTER_*` environment variables the YAML file at `path` contributes: one per key,
+/// except keys whose variable is already set, so that with them exported clap sees
+/// file < env < flags. Exporting is left to the caller (`lognode`'s `main`, before any thread
+/// starts), because only it can promise that `set_var` is sound.
 ///
 /// Keys must be long flag names from `known_keys`; a typo is an error, not silently ignored.
-pub fn export_config_file(path: &Path, known_keys: &[String]) -> Result<(), ConfigError> {
+pub fn config_file_env(
+    path: &Path,
+    known_keys: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_owned(),
         source,
     })?;
-    for (key, value) in parse_config_file(path, &text, known_keys)? {
-        let var = env_var_name(&key);
-        if std::env::var_os(&var).is_none() {
-            // SAFETY: called once at start-up before any other thread exists.
-            unsafe { std::env::set_var(var, value) };
-        }
-    }
-    Ok(())
+    Ok(parse_config_file(path, &text, known_keys)?
+        .into_iter()
+        .map(|(key, value)| (env_var_name(&key), value))
+        .filter(|(var, _)| std::env::var_os(var).is_none())
+        .collect())
 }
 
 /// The environment variable that sets the flag `--<key>`.

@@ -200,8 +200,10 @@ impl TlsMaterial {
     }
 }
 
-fn leaf_not_after(leaf: &CertificateDer<'_>) -> Result<SystemTime, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+fn leaf_not_after(
+    leaf: &CertificateDer<'_>,
+) -> Result<SystemTime, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)?;
     let secs = cert.validity().not_after.timestamp();
     Ok(if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())

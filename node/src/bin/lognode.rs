@@ -13,7 +13,11 @@ fn main() -> Result<()> {
             .get_arguments()
             .filter_map(|a| a.get_long().map(str::to_owned))
             .collect();
-        config::export_config_file(&path, &known)?;
+        for (var, value) in config::config_file_env(&path, &known)? {
+            // SAFETY: `main` has not started the runtime or any other thread yet, so nothing
+            // can read the environment concurrently.
+            unsafe { std::env::set_var(var, value) };
+        }
     }
     let args = NodeArgs::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -23,7 +27,7 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         let _telemetry = telemetry::tracing::init(args.log_format, &args.log_level, "lognode")?;
         let config = NodeConfig::from_args(&args)?;
-        agent::run(config).await
+        Ok(agent::run(config).await?)
     })
 }
 

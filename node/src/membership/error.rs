@@ -16,11 +16,15 @@ pub enum MembershipError {
     },
     /// The gossip key file does not hold a 32-byte key.
     #[error(
-        "the gossip key file {path} does not hold a 32-byte key: {reason} \
+        "the gossip key file {path} does not hold a 32-byte key: {source} \
          (expected 64 hex digits, optionally surrounded by whitespace, or exactly 32 raw bytes; \
          generate one with `head -c 32 /dev/urandom | xxd -p -c 64`)"
     )]
-    InvalidKey { path: PathBuf, reason: String },
+    InvalidKey {
+        path: PathBuf,
+        #[source]
+        source: super::key::KeyFormatError,
+    },
     /// Neither a key file nor the explicit insecure flag was given.
     #[error(
         "gossip needs a cluster key: pass --gossip-key-file <file with 32 bytes, hex or raw>, or \

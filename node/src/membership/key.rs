@@ -44,42 +44,55 @@ impl GossipKey {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&bytes).map_err(|reason| MembershipError::InvalidKey {
+        Self::parse(&bytes).map_err(|source| MembershipError::InvalidKey {
             path: path.to_owned(),
-            reason,
+            source,
         })
     }
 
     /// Parses the contents of a key file (see [`GossipKey::from_file`]).
-    pub fn parse(contents: &[u8]) -> Result<Self, String> {
+    pub fn parse(contents: &[u8]) -> Result<Self, KeyFormatError> {
         let trimmed = contents.trim_ascii();
         let looks_like_hex = !trimmed.is_empty() && trimmed.iter().all(u8::is_ascii_hexdigit);
         if looks_like_hex {
-            if trimmed.len() != 2 * GOSSIP_KEY_LEN {
-                return Err(format!(
-                    "found {} hex digits, which is {} bytes",
-                    trimmed.len(),
-                    if trimmed.len().is_multiple_of(2) {
-                        (trimmed.len() / 2).to_string()
-                    } else {
-                        "not a whole number of".to_string()
-                    }
-                ));
-            }
             let mut key = [0u8; GOSSIP_KEY_LEN];
-            hex::decode_to_slice(trimmed, &mut key).map_err(|e| e.to_string())?;
+            if trimmed.len() != 2 * GOSSIP_KEY_LEN
+                || hex::decode_to_slice(trimmed, &mut key).is_err()
+            {
+                return Err(KeyFormatError::HexLength {
+                    digits: trimmed.len(),
+                });
+            }
             return Ok(GossipKey(key));
         }
         // NB: raw keys are taken exactly as they are: trimming would corrupt a random key whose
         // first or last byte happens to be whitespace.
         match <[u8; GOSSIP_KEY_LEN]>::try_from(contents) {
             Ok(key) => Ok(GossipKey(key)),
-            Err(_) if contents.is_empty() => Err("the file is empty".to_string()),
-            Err(_) => Err(format!(
-                "found {} bytes that are neither 64 hex digits nor 32 raw bytes",
-                contents.len()
-            )),
+            Err(_) if contents.is_empty() => Err(KeyFormatError::Empty),
+            Err(_) => Err(KeyFormatError::RawLength {
+                bytes: contents.len(),
+            }),
         }
+    }
+}
+
+/// What is wrong with a key file's contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("found {digits} hex digits, which is {}", hex_bytes(*.digits))]
+    HexLength { digits: usize },
+    #[error("found {bytes} bytes that are neither 64 hex digits nor 32 raw bytes")]
+    RawLength { bytes: usize },
+}
+
+fn hex_bytes(digits: usize) -> String {
+    if digits.is_multiple_of(2) {
+        format!("{} bytes", digits / 2)
+    } else {
+        "not a whole number of bytes".to_owned()
     }
 }
 

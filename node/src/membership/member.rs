@@ -38,41 +38,61 @@ pub struct ClusterMember {
     pub leaving: bool,
 }
 
+/// Why a node's gossip state is not a member (a confused or foreign node: ignored, logged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberStateError {
+    #[error("key `{key}` is missing")]
+    Missing { key: &'static str },
+    #[error("`{}` is not a node id", keys::NODE_ID)]
+    NotANodeId,
+    #[error(
+        "key `{}` = {node_id} disagrees with chitchat node id {chitchat_id:?}",
+        keys::NODE_ID
+    )]
+    NodeIdMismatch { node_id: u64, chitchat_id: String },
+    #[error("`{}` is not a number", keys::GENERATION)]
+    NotAGeneration,
+    #[error(
+        "key `{}` = {generation} disagrees with chitchat generation {chitchat_generation}",
+        keys::GENERATION
+    )]
+    GenerationMismatch {
+        generation: u64,
+        chitchat_generation: u64,
+    },
+    #[error("`{}` = {rpc_addr:?} is not host:port", keys::RPC_ADDR)]
+    BadRpcAddr { rpc_addr: String },
+}
+
 impl ClusterMember {
     /// Parses a node's gossip state. The node id and generation keys must agree with the
     /// chitchat id (a mismatch means a confused or foreign node, which is ignored).
-    pub fn from_node_state(chitchat_id: &ChitchatId, state: &NodeState) -> Result<Self, String> {
-        let required = |key: &str| {
-            state
-                .get(key)
-                .ok_or_else(|| format!("key `{key}` is missing"))
-        };
+    pub fn from_node_state(
+        chitchat_id: &ChitchatId,
+        state: &NodeState,
+    ) -> Result<Self, MemberStateError> {
+        let required = |key: &'static str| state.get(key).ok_or(MemberStateError::Missing { key });
         let node_id: u64 = required(keys::NODE_ID)?
             .parse()
-            .map_err(|_| format!("`{}` is not a node id", keys::NODE_ID))?;
+            .map_err(|_| MemberStateError::NotANodeId)?;
         if chitchat_id.node_id.parse() != Ok(node_id) {
-            return Err(format!(
-                "key `{}` = {node_id} disagrees with chitchat node id {:?}",
-                keys::NODE_ID,
-                chitchat_id.node_id
-            ));
+            return Err(MemberStateError::NodeIdMismatch {
+                node_id,
+                chitchat_id: chitchat_id.node_id.to_string(),
+            });
         }
         let generation: u64 = required(keys::GENERATION)?
             .parse()
-            .map_err(|_| format!("`{}` is not a number", keys::GENERATION))?;
+            .map_err(|_| MemberStateError::NotAGeneration)?;
         if generation != chitchat_id.generation_id {
-            return Err(format!(
-                "key `{}` = {generation} disagrees with chitchat generation {}",
-                keys::GENERATION,
-                chitchat_id.generation_id
-            ));
+            return Err(MemberStateError::GenerationMismatch {
+                generation,
+                chitchat_generation: chitchat_id.generation_id,
+            });
         }
         let rpc_addr = required(keys::RPC_ADDR)?.to_string();
         if !is_host_port(&rpc_addr) {
-            return Err(format!(
-                "`{}` = {rpc_addr:?} is not host:port",
-                keys::RPC_ADDR
-            ));
+            return Err(MemberStateError::BadRpcAddr { rpc_addr });
         }
         Ok(ClusterMember {
             node_id,
@@ -209,7 +229,7 @@ mod tests {
             let mut broken = state.clone();
             mutate(&mut broken);
             let err = ClusterMember::from_node_state(&id, &broken).expect_err(name);
-            assert!(err.contains(expected), "{name}: {err}");
+            assert!(err.to_string().contains(expected), "{name}: {err}");
         }
     }
 

@@ -110,8 +110,8 @@ pub use key::{GOSSIP_KEY_LEN, GossipKey, GossipSecurity};
 pub use member::{ClusterMember, keys};
 pub use memory::MemoryNetwork;
 pub use reconciler::{
-    Departures, MembershipChange, RaftAdmin, RaftAdminError, RaftMember, RaftView, ReconcileStatus, Reconciler,
-    ReconcilerConfig,
+    Departures, MembershipChange, RaftAdmin, RaftAdminError, RaftMember, RaftView, ReconcileStatus,
+    Reconciler, ReconcilerConfig,
 };
 pub use seeds::{DnsSeedResolver, SeedResolver};
 pub use transport::GossipTransport;

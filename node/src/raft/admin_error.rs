@@ -41,8 +41,12 @@ pub enum AdminError {
     CatchUpTimedOut { node_id: NodeId, after: Duration },
     #[error("the membership change did not commit in time; it goes on, retry to see it")]
     ChangeTimedOut,
-    #[error("leadership did not move to node {target}: {why}")]
-    TransferTimedOut { target: NodeId, why: String },
+    #[error("leadership did not move to node {target}: {source}")]
+    TransferTimedOut {
+        target: NodeId,
+        #[source]
+        source: super::metrics_watch::WaitError,
+    },
 
     // Routing to the leader (`UNAVAILABLE` with the leader hint in the details).
     #[error("this node is not the leader; the leader is node {leader_id}")]

@@ -22,9 +22,10 @@ use openraft::errors::{
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
 use tonic::{Request, Status};
 
+use super::Raft;
 use super::metrics_watch;
 use super::network::{PeerChannels, is_connect_failure};
-use super::types::{Node, NodeId, Raft, TypeConfig};
+use super::types::{Node, NodeId, TypeConfig};
 use super::vote_gate::VoteGate;
 use crate::log::Log;
 
@@ -363,10 +364,7 @@ impl ClusterAdmin {
             m.current_leader.is_some_and(|leader| leader != me)
         })
         .await
-        .map_err(|e| AdminError::TransferTimedOut {
-            target,
-            why: e.to_string(),
-        })?;
+        .map_err(|source| AdminError::TransferTimedOut { target, source })?;
         moved
             .current_leader
             .ok_or(AdminError::NoLeaderAfterTransfer)

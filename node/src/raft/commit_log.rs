@@ -25,9 +25,10 @@ use openraft::errors::{ClientWriteError, Fatal, ForwardToLeader};
 use tokio::sync::watch;
 use tonic_types::StatusExt;
 
+use super::Raft;
 use super::network::{PeerChannels, is_connect_failure};
 use super::pb::proto;
-use super::types::{NodeId, Raft, Record, TypeConfig};
+use super::types::{NodeId, Record, TypeConfig};
 use crate::commit_log::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo};
 use crate::log::{Entry, Error as LogError, Log};
 
@@ -171,15 +172,15 @@ impl RaftCommitLog {
         records: Vec<NewRecord>,
     ) -> Result<Vec<u64>, CommitLogError> {
         let count = records.len();
-        let not_sent = |why: String| {
-            tracing::debug!(leader_id, %addr, why, "could not forward a produce");
+        let not_sent = |why: &dyn std::fmt::Display| {
+            tracing::debug!(leader_id, %addr, %why, "could not forward a produce");
             CommitLogError::NotLeader {
                 leader_id: Some(leader_id),
                 leader_addr: Some(addr.clone()),
                 not_applied: true,
             }
         };
-        let mut client = self.channels.client(&addr).map_err(not_sent)?;
+        let mut client = self.channels.client(&addr).map_err(|e| not_sent(&e))?;
         let request = proto::ForwardProduceRequest {
             values: records.into_iter().map(|r| r.value).collect(),
         };
@@ -195,9 +196,7 @@ impl RaftCommitLog {
                     )))
                 }
             }
-            Ok(Err(status)) if is_connect_failure(&status) => {
-                Err(not_sent(status.message().to_owned()))
-            }
+            Ok(Err(status)) if is_connect_failure(&status) => Err(not_sent(&status.message())),
             Ok(Err(status)) => Err(error_from_leader(&status, leader_id, &addr)),
             Err(_) => Err(CommitLogError::OutcomeUnknown(format!(
                 "the leader (node {leader_id} at {addr}) did not answer within {:?}",

@@ -22,8 +22,9 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 
+use super::Raft;
 use super::metrics_watch;
-use super::types::{LogId, Raft, TypeConfig};
+use super::types::{LogId, TypeConfig};
 use crate::telemetry::metrics::Metrics;
 
 /// The committed joint configuration this node, as leader, should finish, if any.

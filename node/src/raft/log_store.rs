@@ -27,6 +27,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend};
 use parking_lot::RwLock;
 
+use super::blocking::blocking;
 use super::entry_codec::{from_log_entry, to_log_entry};
 use super::stable_store::{AppliedState, StableStore};
 use super::syncer::Syncer;
@@ -459,13 +460,4 @@ pub fn io_error(error: LogError) -> io::Error {
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, error)
-}
-
-/// Runs blocking I/O on tokio's blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| io::Error::other(format!("blocking storage task failed: {e}")))?
 }

@@ -5,11 +5,22 @@ use std::time::Duration;
 use openraft::RaftMetrics;
 use openraft::async_runtime::WatchReceiver;
 
-use super::types::{Raft, TypeConfig};
+use super::Raft;
+use super::types::TypeConfig;
 
 /// The current metrics of `raft`.
 pub fn current(raft: &Raft) -> RaftMetrics<TypeConfig> {
     raft.metrics().borrow_watched().clone()
+}
+
+/// Why a wait on the metrics ended without the condition holding.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("raft has stopped")]
+    Stopped,
+    /// `last` is the last metrics seen, for the log line that reports the wait.
+    #[error("condition not met within {after:?}; last metrics: {last}")]
+    TimedOut { after: Duration, last: String },
 }
 
 /// Waits until `condition` holds for `raft`'s metrics and returns them; an error after
@@ -18,7 +29,7 @@ pub async fn wait_until(
     raft: &Raft,
     timeout: Duration,
     mut condition: impl FnMut(&RaftMetrics<TypeConfig>) -> bool,
-) -> Result<RaftMetrics<TypeConfig>, String> {
+) -> Result<RaftMetrics<TypeConfig>, WaitError> {
     let mut watch = raft.metrics();
     let waited = tokio::time::timeout(timeout, async {
         loop {
@@ -27,16 +38,16 @@ pub async fn wait_until(
                 return Ok(metrics);
             }
             if watch.changed().await.is_err() {
-                return Err("raft has stopped".to_owned());
+                return Err(WaitError::Stopped);
             }
         }
     })
     .await;
     match waited {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "condition not met within {timeout:?}; last metrics: {}",
-            current(raft)
-        )),
+        Err(_) => Err(WaitError::TimedOut {
+            after: timeout,
+            last: current(raft).to_string(),
+        }),
     }
 }

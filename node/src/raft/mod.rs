@@ -50,6 +50,7 @@
 //! per stream): replication batches arrive as requests on the follower.
 
 mod admin_error;
+mod blocking;
 pub mod cluster_admin;
 pub mod commit_log;
 pub mod entry_codec;
@@ -70,6 +71,10 @@ pub mod syncer;
 pub mod types;
 mod unanswered;
 pub mod vote_gate;
+
+/// The Raft handle: openraft with our types and state machine. Declared here, above both, so
+/// that `types` does not depend on `state_machine` (which depends on `types`).
+pub type Raft = openraft::Raft<types::TypeConfig, state_machine::StateMachine>;
 
 pub use cluster_admin::{AdminError, AdminTimeouts, ClusterAdmin};
 pub use commit_log::RaftCommitLog;

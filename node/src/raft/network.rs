@@ -43,6 +43,7 @@ use tonic::transport::{Channel, Uri};
 use super::pb::{self, FromPb, ToPb, proto};
 use super::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
 use super::unanswered::{Answer, Unanswered, next_answer};
+use crate::auth::AuthError;
 use crate::auth::tls::{ReloadingTlsFiles, TlsConnector, endpoint};
 
 /// Prefix of the error of a connection attempt that failed (nothing was sent on it).
@@ -84,6 +85,19 @@ impl std::fmt::Debug for PeerChannels {
     }
 }
 
+/// Why no channel to a peer could be set up (nothing was sent).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerChannelError {
+    #[error("no TLS client configuration: {0}")]
+    Tls(#[source] AuthError),
+    #[error("invalid peer address {addr:?}: {source}")]
+    Address {
+        addr: String,
+        #[source]
+        source: AuthError,
+    },
+}
+
 impl PeerChannels {
     /// Channels that dial with `tls`'s current client configuration.
     pub fn new(tls: ReloadingTlsFiles) -> Self {
@@ -97,7 +111,7 @@ impl PeerChannels {
 
     /// The channel to `addr` (host:port), created on first use. No I/O happens here: the
     /// connection is made by the first call (and remade after it breaks).
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, PeerChannelError> {
         let mut channels = self.inner.channels.lock();
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -106,9 +120,12 @@ impl PeerChannels {
             .inner
             .tls
             .client_config()
-            .map_err(|e| format!("no TLS client configuration: {e}"))?;
+            .map_err(PeerChannelError::Tls)?;
         let endpoint = endpoint(addr)
-            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+            .map_err(|source| PeerChannelError::Address {
+                addr: addr.to_owned(),
+                source,
+            })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -124,7 +141,7 @@ impl PeerChannels {
     }
 
     /// A `raft.v1` client on the channel to `addr`.
-    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, PeerChannelError> {
         Ok(RaftClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))

@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use super::Raft;
 use super::log_store::LogStore;
 use super::metrics_watch;
-use super::types::Raft;
 use crate::log::{EntryKind, Log, STORE_EXT, parse_segment_file_name, segment_paths};
 
 /// How many entries back from a segment's end to look for a record timestamp (blank and
@@ -136,6 +136,23 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a retention pass purged nothing; the next pass tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error("listing segments: {0}")]
+    ListSegments(#[source] std::io::Error),
+    #[error("waiting for a snapshot covering {point}: {source}")]
+    NoSnapshot {
+        point: u64,
+        #[source]
+        source: metrics_watch::WaitError,
+    },
+    #[error("raft: {0}")]
+    Raft(#[source] openraft::errors::Fatal<super::types::TypeConfig>),
+    #[error("the segment listing task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Runs one retention round: returns the purge point it asked openraft for, if any.
 pub async fn retain_once(
     raft: &Raft,
@@ -143,7 +160,7 @@ pub async fn retain_once(
     applied: &watch::Receiver<u64>,
     policy: &RetentionPolicy,
     snapshot_wait: Duration,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, RetentionError> {
     if !policy.enabled() {
         return Ok(None);
     }
@@ -151,8 +168,8 @@ pub async fn retain_once(
     let log = store.log().clone();
     let segments = tokio::task::spawn_blocking(move || list_segments(&log))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("listing segments: {e}"))?;
+        .map_err(RetentionError::Task)?
+        .map_err(RetentionError::ListSegments)?;
     let Some(point) = purge_point(&segments, applied_next, policy, now_ms()) else {
         return Ok(None);
     };
@@ -163,15 +180,18 @@ pub async fn retain_once(
         m.snapshot.is_some_and(|s| s.index >= point)
     };
     if !covered(&metrics_watch::current(raft)) {
-        raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(RetentionError::Raft)?;
         metrics_watch::wait_until(raft, snapshot_wait, covered)
             .await
-            .map_err(|e| format!("waiting for a snapshot covering {point}: {e}"))?;
+            .map_err(|source| RetentionError::NoSnapshot { point, source })?;
     }
     raft.trigger()
         .purge_log(point)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RetentionError::Raft)?;
     tracing::info!(point, "retention: purging the log up to this index");
     Ok(Some(point))
 }

@@ -22,7 +22,7 @@ use openraft::{EntryPayload, OptionalSend};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::log_store::blocking;
+use super::blocking::blocking;
 use super::stable_store::{AppliedState, StableStore};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 

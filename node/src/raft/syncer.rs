@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::types::TypeConfig;
-use crate::log::Log;
+use crate::log::{Error as LogError, Log};
 use crate::telemetry::metrics::Metrics;
 
 /// A callback completion to run after the next sync.
@@ -35,12 +35,12 @@ pub type Callback = IOFlushed<TypeConfig>;
 /// What the syncer makes durable: the commit log (or a fake in tests).
 pub trait Durable: Send + 'static {
     /// Makes everything written so far durable.
-    fn sync(&self) -> Result<(), String>;
+    fn sync(&self) -> Result<(), LogError>;
 }
 
 impl Durable for Log {
-    fn sync(&self) -> Result<(), String> {
-        Log::sync(self).map(|_| ()).map_err(|e| e.to_string())
+    fn sync(&self) -> Result<(), LogError> {
+        Log::sync(self).map(|_| ())
     }
 }
 
@@ -159,7 +159,9 @@ fn sync_loop(
             Some(message) => Err(message.clone()),
             None => {
                 let started = Instant::now();
-                let result = log.sync();
+                // The first failure is sticky (fsyncgate: after a failed fsync the pages may be
+                // gone), so it is kept as its message and repeated to every later sync.
+                let result = log.sync().map_err(|e| e.to_string());
                 if let Some(metrics) = &metrics {
                     metrics.observe_fsync(started.elapsed());
                 }
@@ -198,21 +200,18 @@ mod tests {
     /// A fake disk whose syncs wait for the test to release them, and may fail.
     #[derive(Clone)]
     struct Gate {
-        release: Arc<parking_lot::Mutex<mpsc::Receiver<Result<(), String>>>>,
+        release: Arc<parking_lot::Mutex<mpsc::Receiver<Result<(), LogError>>>>,
         syncs: Arc<AtomicUsize>,
     }
 
     impl Durable for Gate {
-        fn sync(&self) -> Result<(), String> {
+        fn sync(&self) -> Result<(), LogError> {
             self.syncs.fetch_add(1, Ordering::SeqCst);
-            self.release
-                .lock()
-                .recv()
-                .unwrap_or_else(|_| Err("gate closed".into()))
+            self.release.lock().recv().unwrap_or(Err(LogError::Closed))
         }
     }
 
-    fn gate() -> (Gate, mpsc::Sender<Result<(), String>>) {
+    fn gate() -> (Gate, mpsc::Sender<Result<(), LogError>>) {
         let (tx, rx) = mpsc::channel();
         let gate = Gate {
             release: Arc::new(parking_lot::Mutex::new(rx)),
@@ -265,7 +264,13 @@ mod tests {
         let mut fatal = syncer.fatal();
         let (first, first_rx) = callback();
         syncer.after_sync(first);
-        release.send(Err("EIO".into())).expect("fail sync");
+        release
+            .send(Err(LogError::Io {
+                op: "fdatasync",
+                path: "store".into(),
+                source: io::Error::other("EIO"),
+            }))
+            .expect("fail sync");
         let err = first_rx.await.expect("first").expect_err("must fail");
         assert!(err.to_string().contains("EIO"), "{err}");
         fatal.wait_for(Option::is_some).await.expect("fatal set");

@@ -84,8 +84,6 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot with its (empty) data.
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
-/// The Raft handle.
-pub type Raft = openraft::Raft<TypeConfig, crate::raft::state_machine::StateMachine>;
 /// Snapshot data: nothing. The log up to the snapshot is the state; a snapshot only tells a
 /// follower where its log must start.
 pub type SnapshotData = ();

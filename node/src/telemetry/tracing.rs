@@ -10,6 +10,15 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+/// Log line format.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -21,8 +30,6 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
-
-use crate::config::LogFormat;
 
 /// Overrides the `filter` argument of [`init`] when set (the usual Rust convention).
 pub const RUST_LOG: &str = "RUST_LOG";
