@@ -1,5 +1,5 @@
 //! A client-side history of a run and the checker for the properties every cluster test
-//! checks (P1–P8 of TESTING.md).
+//! checks (P1–P8 of docs/testing.md).
 //!
 //! Every produce is recorded as invoke + complete with a monotonic timestamp and an outcome:
 //! acknowledged with an offset, definitely failed (the server said nothing was written), or

@@ -3,7 +3,7 @@
 //! * [`cluster`] — real `lognode` processes on loopback with fault injection (tier 3/4).
 //! * [`history`] — the client-side history and the P1–P8 checker.
 //! * [`http`] — a plain GET for health and metrics ports.
-//! * [`k8s`] — a real etcd + kube-apiserver control plane on loopback (tier 5 of TESTING.md).
+//! * [`k8s`] — a real etcd + kube-apiserver control plane on loopback (tier 5 of docs/testing.md).
 //! * [`read_back`] — what one node holds as committed, for the checker.
 
 pub mod cluster;

@@ -401,5 +401,4 @@ async fn run(
 }
 
 #[cfg(test)]
-#[path = "reconciler_tests.rs"]
 mod tests;

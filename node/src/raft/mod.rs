@@ -65,8 +65,6 @@ pub mod pb;
 pub mod retention;
 pub mod stable_store;
 pub mod state_machine;
-#[cfg(test)]
-mod storage_suite_tests;
 pub mod syncer;
 pub mod types;
 mod unanswered;
@@ -80,3 +78,7 @@ pub use cluster_admin::{AdminError, AdminTimeouts, ClusterAdmin};
 pub use commit_log::RaftCommitLog;
 pub use error::{RaftNodeError, Result};
 pub use node::{RaftNode, RaftNodeConfig};
+
+/// openraft's storage test suite against our log store and state machine.
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
-//! The node's integration tests, one binary with a module per area (STYLE.md): linking one
+//! The node's integration tests, one binary with a module per area (docs/testing.md, “Conventions”): linking one
 //! binary instead of one per area is what makes `cargo test` on this crate tolerable, and the
 //! fixtures live in one place ([`support`]).
 //!

@@ -1,4 +1,4 @@
-//! A cluster of real `lognode` processes on loopback (tier 3 of TESTING.md).
+//! A cluster of real `lognode` processes on loopback (tier 3 of docs/testing.md).
 //!
 //! Node *i* of a cluster listens on `127.0.<subnet>.<i+1>` with the default ports (8400 gRPC,
 //! 8401 gossip, 8402 HTTP), so clusters of tests running in parallel never share a port: each

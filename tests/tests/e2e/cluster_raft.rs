@@ -1,5 +1,5 @@
 //! Real `lognode` processes on loopback, real mutual TLS, faults under continuous produce load;
-//! every test checks the client history against every node's log (P1–P7, TESTING.md) and
+//! every test checks the client history against every node's log (P1–P7, docs/testing.md) and
 //! requires progress (P8).
 //!
 //! The tests are a table of [`Scenario`]s run by one driver ([`run`]): the same cluster, the

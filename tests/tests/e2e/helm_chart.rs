@@ -1,4 +1,4 @@
-//! The Helm chart `charts/logcluster-operator` and the examples (tier 5 of TESTING.md).
+//! The Helm chart `charts/logcluster-operator` and the examples (tier 5 of docs/testing.md).
 //!
 //! * The chart's metadata and CRDs agree with the workspace (appVersion, `crds/` byte-for-byte).
 //! * `helm lint --strict` passes with the default values and every `ci/*-values.yaml`; the values

@@ -1,4 +1,4 @@
-//! LogCluster's integration tests: one test binary (STYLE.md), one module per area.
+//! LogCluster's integration tests: one test binary (docs/testing.md, “Conventions”), one module per area.
 //!
 //! Kubernetes tests share one control plane per run of this binary (`k8s::shared()`), each in
 //! its own namespace (`create_namespace`). Run only them with

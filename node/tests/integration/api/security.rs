@@ -1,4 +1,4 @@
-//! The security matrix of ../shared/TESTING.md for the client port: every case is refused
+//! The security matrix of docs/testing.md for the client port: every case is refused
 //! with the right error and writes nothing.
 
 use std::time::Duration;
