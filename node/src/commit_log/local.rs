@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 
 use super::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo};
-use crate::log::{Entry, EntryKind, Error as LogError, Log};
+use crate::log::{Entry, EntryKind, Log};
 use crate::telemetry::metrics::Metrics;
 
 /// Most append requests one group commit takes.
@@ -152,30 +152,9 @@ impl CommitLog for LocalCommitLog {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, CommitLogError> {
-        let committed = *self.committed.borrow();
-        if from >= committed {
-            return Err(CommitLogError::OutOfRange {
-                offset: from,
-                first: self.log.first_offset(),
-                next: committed,
-            });
-        }
         // Only committed entries: the writer makes entries readable before their sync.
-        let max_entries = max_entries.max(1).min((committed - from) as usize);
-        let log = self.log.clone();
-        let entries =
-            tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
-                .await
-                .map_err(|e| CommitLogError::Storage(format!("read task failed: {e}")))?
-                .map_err(|e| match e {
-                    LogError::OutOfRange { offset, first, .. } => CommitLogError::OutOfRange {
-                        offset,
-                        first,
-                        next: committed,
-                    },
-                    other => CommitLogError::from(other),
-                })?;
-        Ok(entries)
+        let committed = *self.committed.borrow();
+        super::read_below(&self.log, committed, from, max_entries, max_bytes).await
     }
 
     fn committed(&self) -> watch::Receiver<u64> {

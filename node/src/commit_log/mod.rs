@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::log::{Entry, Error as LogError};
+use crate::log::{Entry, Error as LogError, Log};
 
 /// A record a client asks to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,4 +124,40 @@ pub trait CommitLog: Send + Sync + 'static {
 
     /// The members as this node knows them; changes wake waiters.
     fn servers(&self) -> watch::Receiver<Arc<Vec<ServerInfo>>>;
+}
+
+/// Reads entries of `log` from `from`, never at or past `watermark` (the commit or applied
+/// watermark: entries above it may be on disk but are not committed yet). Shared by both
+/// implementations so they answer the edges identically: `OutOfRange` below the first stored
+/// offset and at or past the watermark, with the watermark as the range's end.
+pub async fn read_below(
+    log: &Log,
+    watermark: u64,
+    from: u64,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Vec<Entry>, CommitLogError> {
+    let first = log.first_offset();
+    if from >= watermark || from < first {
+        return Err(CommitLogError::OutOfRange {
+            offset: from,
+            first,
+            next: watermark,
+        });
+    }
+    let max_entries = max_entries
+        .max(1)
+        .min(usize::try_from(watermark - from).unwrap_or(usize::MAX));
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
+        .await
+        .map_err(|e| CommitLogError::Storage(format!("read task failed: {e}")))?
+        .map_err(|e| match e {
+            LogError::OutOfRange { offset, first, .. } => CommitLogError::OutOfRange {
+                offset,
+                first,
+                next: watermark,
+            },
+            other => CommitLogError::from(other),
+        })
 }

@@ -915,5 +915,4 @@ fn read_chunk(chunk: &Chunk, out: &mut Vec<Entry>) -> Result<()> {
 }
 
 #[cfg(test)]
-#[path = "segmented_tests.rs"]
 mod tests;

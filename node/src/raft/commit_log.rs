@@ -29,8 +29,8 @@ use super::Raft;
 use super::network::{PeerChannels, is_connect_failure};
 use super::pb::proto;
 use super::types::{NodeId, Record, TypeConfig};
-use crate::commit_log::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo};
-use crate::log::{Entry, Error as LogError, Log};
+use crate::commit_log::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo, read_below};
+use crate::log::{Entry, Log};
 
 /// The client API's log on a Raft node.
 pub struct RaftCommitLog {
@@ -282,29 +282,7 @@ impl CommitLog for RaftCommitLog {
         max_bytes: usize,
     ) -> Result<Vec<Entry>, CommitLogError> {
         let applied = *self.applied.borrow();
-        let first = self.log.first_offset();
-        if from >= applied || from < first {
-            return Err(CommitLogError::OutOfRange {
-                offset: from,
-                first,
-                next: applied,
-            });
-        }
-        let max_entries = max_entries
-            .max(1)
-            .min(usize::try_from(applied - from).unwrap_or(usize::MAX));
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.read_range(from, max_entries, max_bytes))
-            .await
-            .map_err(|e| CommitLogError::Storage(format!("read task failed: {e}")))?
-            .map_err(|e| match e {
-                LogError::OutOfRange { offset, first, .. } => CommitLogError::OutOfRange {
-                    offset,
-                    first,
-                    next: applied,
-                },
-                other => CommitLogError::from(other),
-            })
+        read_below(&self.log, applied, from, max_entries, max_bytes).await
     }
 
     fn committed(&self) -> watch::Receiver<u64> {

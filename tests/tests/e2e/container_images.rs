@@ -118,30 +118,40 @@ fn build_script_binaries() -> Result<BTreeSet<String>> {
 /// The workspace's binary targets that the images may copy.
 fn workspace_binaries() -> Result<BTreeSet<String>> {
     let mut bins = BTreeSet::new();
-    for entry in std::fs::read_dir(format!("{ROOT}/node/src/bin"))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            bins.insert(
-                path.file_stem()
-                    .context("file stem")?
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+    // Cargo's rules: `src/bin/<name>.rs`, `src/main.rs` (named after the package) and explicit
+    // `[[bin]] name = …` sections.
+    for krate in ["node", "logctl", "operator"] {
+        let bin_dir = format!("{ROOT}/{krate}/src/bin");
+        if std::path::Path::new(&bin_dir).is_dir() {
+            for entry in std::fs::read_dir(&bin_dir)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "rs") {
+                    bins.insert(
+                        path.file_stem()
+                            .context("file stem")?
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
         }
-    }
-    let manifest = std::fs::read_to_string(format!("{ROOT}/operator/Cargo.toml"))?;
-    let mut in_bin = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_bin = line == "[[bin]]";
-        } else if in_bin && let Some(rest) = line.strip_prefix("name") {
-            bins.insert(
-                rest.trim_start()
+        let manifest = std::fs::read_to_string(format!("{ROOT}/{krate}/Cargo.toml"))?;
+        let mut section = String::new();
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line.to_owned();
+            } else if let Some(rest) = line.strip_prefix("name") {
+                let name = rest
+                    .trim_start()
                     .trim_start_matches('=')
                     .trim()
-                    .trim_matches('"')
-                    .to_owned(),
-            );
+                    .trim_matches('"');
+                let package_bin = section == "[package]"
+                    && std::path::Path::new(&format!("{ROOT}/{krate}/src/main.rs")).exists();
+                if section == "[[bin]]" || package_bin {
+                    bins.insert(name.to_owned());
+                }
+            }
         }
     }
     Ok(bins)
