@@ -93,10 +93,19 @@ pub enum CertsCommand {
     },
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+/// Why a validity flag did not parse.
+#[derive(Debug, thiserror::Error)]
+enum DurationFlagError {
+    #[error(transparent)]
+    NotADuration(#[from] humantime::DurationError),
+    #[error("must be longer than zero")]
+    Zero,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, DurationFlagError> {
+    let duration = humantime::parse_duration(text)?;
     if duration.is_zero() {
-        return Err("must be longer than zero".to_owned());
+        return Err(DurationFlagError::Zero);
     }
     Ok(duration)
 }

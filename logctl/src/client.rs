@@ -80,7 +80,7 @@ impl ConnectArgs {
     pub fn config(&self, seeds: Vec<String>) -> Result<ClientConfig> {
         let mut config = ClientConfig::new(seeds, self.tls()?);
         config.retry_deadline = self.retry_deadline;
-        config.connect_to = parse_connect_to(&self.connect_to).map_err(anyhow::Error::msg)?;
+        config.connect_to = parse_connect_to(&self.connect_to)?;
         Ok(config)
     }
 

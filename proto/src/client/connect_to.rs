@@ -76,28 +76,45 @@ pub(crate) fn host_of(addr: &str) -> &str {
     }
 }
 
+/// A `--connect-to` argument that is not `HOST:PORT=HOST:PORT`, or a name mapped twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectToError {
+    #[error("--connect-to {arg:?}: expected ADVERTISED_HOST:PORT=DIAL_HOST:PORT")]
+    NoEquals { arg: String },
+    #[error("--connect-to {arg:?}: the {what} address {addr:?} is not HOST:PORT")]
+    NotHostPort {
+        arg: String,
+        what: &'static str,
+        addr: String,
+    },
+    #[error("--connect-to: {advertised:?} is mapped more than once")]
+    MappedTwice { advertised: String },
+}
+
 /// Parses `--connect-to` arguments, each `HOST:PORT=ADDR:PORT`.
-pub fn parse_connect_to(args: &[String]) -> Result<ConnectTo, String> {
+pub fn parse_connect_to(args: &[String]) -> Result<ConnectTo, ConnectToError> {
     if args.is_empty() {
         return Ok(ConnectTo::direct());
     }
     let mut map = HashMap::new();
     for arg in args {
-        let (advertised, dial) = arg.split_once('=').ok_or_else(|| {
-            format!("--connect-to {arg:?}: expected ADVERTISED_HOST:PORT=DIAL_HOST:PORT")
-        })?;
+        let (advertised, dial) = arg
+            .split_once('=')
+            .ok_or_else(|| ConnectToError::NoEquals { arg: arg.clone() })?;
         for (what, addr) in [("advertised", advertised), ("dial", dial)] {
             let port = addr.rsplit_once(':').map(|(_, port)| port);
             if port.is_none_or(|p| p.parse::<u16>().is_err()) || host_of(addr).is_empty() {
-                return Err(format!(
-                    "--connect-to {arg:?}: the {what} address {addr:?} is not HOST:PORT"
-                ));
+                return Err(ConnectToError::NotHostPort {
+                    arg: arg.clone(),
+                    what,
+                    addr: addr.to_owned(),
+                });
             }
         }
         if map.insert(advertised.to_owned(), dial.to_owned()).is_some() {
-            return Err(format!(
-                "--connect-to: {advertised:?} is mapped more than once"
-            ));
+            return Err(ConnectToError::MappedTwice {
+                advertised: advertised.to_owned(),
+            });
         }
     }
     Ok(ConnectTo::fixed(map))
@@ -150,9 +167,14 @@ mod tests {
             "a:1=b:99999",
         ] {
             let error = parse_connect_to(&[bad.to_owned()]).expect_err(bad);
-            assert!(error.contains(bad), "{bad}: {error}");
+            assert!(error.to_string().contains(bad), "{bad}: {error}");
         }
         let twice = parse_connect_to(&["a:1=b:2".to_owned(), "a:1=c:3".to_owned()]);
-        assert!(twice.expect_err("twice").contains("more than once"));
+        assert!(
+            twice
+                .expect_err("twice")
+                .to_string()
+                .contains("more than once")
+        );
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
 
 use connect_to::host_of;
-pub use connect_to::{ConnectTo, parse_connect_to};
+pub use connect_to::{ConnectTo, ConnectToError, parse_connect_to};
 pub use consume_to_end::LogEnd;
 pub use error::ClientError;
 use error::{StatusInfo, is_connect_failure, is_transient};
