@@ -33,6 +33,15 @@ const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a node gets to stop after SIGTERM before it is killed.
 const STOP_PATIENCE: Duration = Duration::from_secs(20);
 
+/// Prints a progress line. A dev cluster runs in the foreground for hours, and its reader
+/// (`logctl dev | tee log`, a closed terminal) may go away: the cluster keeps running rather
+/// than panicking in `println!`, so write errors are ignored here.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `logctl dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -90,7 +99,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     for i in 1..=args.nodes {
         let child = spawn_node(&lognode, &dir, &files, net, i, &args.log_level)
             .with_context(|| format!("starting node {i}"))?;
-        println!(
+        say!(
             "started node {i} (pid {}) on {} — log: {}",
             child.id(),
             addrs[usize::from(i) - 1],
@@ -122,9 +131,9 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             ))
         }
     };
-    println!("stopping {} nodes…", nodes.children.len());
+    say!("stopping {} nodes…", nodes.children.len());
     nodes.stop_all();
-    println!(
+    say!(
         "stopped; the data stays in {} for the next run",
         dir.display()
     );
@@ -192,7 +201,7 @@ fn prepare_files(dir: &Path, nodes: u8, net: Loopback) -> Result<DevFiles> {
     } else {
         let ca = CertificateAuthority::generate("LogCluster dev CA", VALIDITY)?;
         write_pem_files(&certs, "ca", ca.cert_pem(), Some(ca.key_pem()))?;
-        println!("created a CA in {}", certs.display());
+        say!("created a CA in {}", certs.display());
         ca
     };
     let ips = (1..=nodes)
@@ -368,9 +377,10 @@ async fn wait_until_formed(
                     if let Some(leader) = leader
                         && voters == usize::from(nodes)
                     {
-                        println!(
+                        say!(
                             "cluster ready: leader is node {} ({}), {voters} voters",
-                            leader.id, leader.rpc_addr
+                            leader.id,
+                            leader.rpc_addr
                         );
                         return Ok(());
                     }
@@ -383,7 +393,7 @@ async fn wait_until_formed(
             },
         };
         if progress != last {
-            println!("  {progress}");
+            say!("  {progress}");
             last = progress;
         }
         if Instant::now() >= deadline {
@@ -397,39 +407,39 @@ async fn wait_until_formed(
 }
 
 fn print_usage(dir: &Path, files: &DevFiles, net: Loopback, addrs: &[String]) {
-    println!();
-    println!(
+    say!();
+    say!(
         "LogCluster dev cluster — Ctrl-C stops it; data and certificates stay in {}",
         dir.display()
     );
-    println!();
+    say!();
     for (i, addr) in addrs.iter().enumerate() {
         let ip = net.node_ip(u8::try_from(i + 1).unwrap_or(u8::MAX));
-        println!(
+        say!(
             "  node {}: gRPC {addr}   metrics http://{ip}:{HTTP_PORT}/metrics",
             i + 1
         );
     }
-    println!();
-    println!("In another terminal:");
-    println!();
+    say!();
+    say!("In another terminal:");
+    say!();
     // The README's quick start runs `logctl` from PATH: name the directory this one is in.
     if let Some(bin_dir) = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
     {
-        println!("  export PATH={}:$PATH", bin_dir.display());
+        say!("  export PATH={}:$PATH", bin_dir.display());
     }
-    println!("  export LOGCLUSTER_ADDR={}", addrs.join(","));
-    println!("  export LOGCLUSTER_CA={}", files.ca.display());
-    println!("  export LOGCLUSTER_CERT={}", files.client_cert.display());
-    println!("  export LOGCLUSTER_KEY={}", files.client_key.display());
-    println!("  logctl produce hello world          # prints the offsets");
-    println!("  logctl consume --from 0             # prints offset<TAB>value");
-    println!("  logctl consume --from 0 --follow    # follows the tail");
-    println!("  logctl servers                      # members, roles, leader");
-    println!("  logctl admin status                 # term, commit index, lag");
-    println!();
+    say!("  export LOGCLUSTER_ADDR={}", addrs.join(","));
+    say!("  export LOGCLUSTER_CA={}", files.ca.display());
+    say!("  export LOGCLUSTER_CERT={}", files.client_cert.display());
+    say!("  export LOGCLUSTER_KEY={}", files.client_key.display());
+    say!("  logctl produce hello world          # prints the offsets");
+    say!("  logctl consume --from 0             # prints offset<TAB>value");
+    say!("  logctl consume --from 0 --follow    # follows the tail");
+    say!("  logctl servers                      # members, roles, leader");
+    say!("  logctl admin status                 # term, commit index, lag");
+    say!();
     // Flush so a pipe (e.g. a test reading this output) sees it at once.
     let _ = std::io::stdout().flush();
 }
@@ -483,14 +493,14 @@ impl Nodes {
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) => {
-                        println!("  node {i} stopped ({status})");
+                        say!("  node {i} stopped ({status})");
                         break;
                     }
                     Ok(None) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     _ => {
-                        println!("  node {i} did not stop within {STOP_PATIENCE:?}; killing it");
+                        say!("  node {i} did not stop within {STOP_PATIENCE:?}; killing it");
                         let _ = child.kill();
                         let _ = child.wait();
                         break;

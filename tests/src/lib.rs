@@ -8,6 +8,6 @@
 
 pub mod cluster;
 pub mod history;
-pub mod http;
+pub use logcluster_testkit::http;
 pub mod k8s;
 pub mod read_back;

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use logcluster_api::raft_v1::raft_server::{Raft as RaftApi, RaftServer};
-use openraft::errors::{Fatal, RaftError};
+use openraft::errors::RaftError;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use parking_lot::Mutex;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::closing::{Closing, until_closed};
+use super::status::fatal_status;
 use crate::auth::{AccessControl, action};
 use crate::commit_log::NewRecord;
 use crate::raft::Raft;
@@ -91,13 +92,6 @@ fn raft_error(e: RaftError<TypeConfig>) -> Status {
     match e {
         RaftError::Fatal(fatal) => fatal_status(fatal),
         RaftError::APIError(never) => match never {},
-    }
-}
-
-fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
-    match fatal {
-        Fatal::Stopped => Status::unavailable("raft is shutting down"),
-        other => Status::internal(format!("raft stopped: {other}")),
     }
 }
 

@@ -2,10 +2,12 @@
 //! `logcluster.io` domain plus a LocalizedMessage), so clients act on codes and reasons.
 
 use logcluster_api::errors::{meta, metadata as kv, reason, refusal};
+use openraft::errors::Fatal;
 use tonic::{Code, Status};
 
 use crate::commit_log::CommitLogError;
 use crate::raft::AdminError;
+use crate::raft::types::TypeConfig;
 
 impl From<CommitLogError> for Status {
     fn from(error: CommitLogError) -> Self {
@@ -125,6 +127,12 @@ impl From<AdminError> for Status {
             AdminError::Fatal(_) | AdminError::ChangeTaskFailed(_) => Status::internal(message),
         }
     }
+}
+
+/// Raft stopped under a call, for every service alike: `UNAVAILABLE` (shutting down, with the
+/// details of [`CommitLogError::ShuttingDown`]) when it was asked to stop, `INTERNAL` otherwise.
+pub fn fatal_status(fatal: Fatal<TypeConfig>) -> Status {
+    AdminError::from(fatal).into()
 }
 
 /// `INVALID_ARGUMENT` for a malformed request (nothing was written).

@@ -31,7 +31,7 @@ pub enum AdminError {
     NoOtherVoter,
     /// openraft refused the change for a reason of its own (e.g. a node not in the membership).
     #[error("{0}")]
-    Refused(String),
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Another membership change has not committed yet (`ABORTED`: retry).
     #[error("{0}; retry once it has committed")]
     ChangeInProgress(String),
@@ -68,7 +68,7 @@ pub enum AdminError {
 
     // This node is broken (`INTERNAL`).
     #[error("raft stopped: {0}")]
-    Fatal(String),
+    Fatal(#[source] openraft::errors::Fatal<super::types::TypeConfig>),
     #[error("the membership change task failed: {0}")]
-    ChangeTaskFailed(String),
+    ChangeTaskFailed(#[source] tokio::task::JoinError),
 }

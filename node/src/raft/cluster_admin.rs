@@ -140,6 +140,32 @@ impl ClusterAdmin {
             .map_err(|_| not_leader(leader, addr))
     }
 
+    /// Runs an admin call where it belongs: `None` when this node leads (the caller goes on
+    /// here), else the leader's answer to `call` — forwarded once: a call that already was
+    /// forwarded is answered "not the leader" rather than sent on again.
+    async fn forward<T, F, Fut>(
+        &self,
+        route: Route,
+        forwarded: bool,
+        call: F,
+    ) -> Result<Option<T>, AdminError>
+    where
+        F: FnOnce(AdminClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        match route {
+            Route::Here => Ok(None),
+            Route::Leader(leader, addr) if !forwarded => {
+                let client = self.leader_client(leader, &addr)?;
+                call(client)
+                    .await
+                    .map(Some)
+                    .map_err(|s| forward_failure(s, leader, &addr))
+            }
+            Route::Leader(leader, addr) => Err(not_leader(leader, &addr)),
+        }
+    }
+
     /// Initializes a new cluster with `voters` (this node must be one). Returns false when the
     /// cluster already is initialized with exactly these voters.
     pub async fn initialize(&self, voters: Vec<Member>) -> Result<bool, AdminError> {
@@ -173,7 +199,7 @@ impl ClusterAdmin {
                 }
             }
             Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
-                Err(AdminError::Refused(e.to_string()))
+                Err(AdminError::Refused(Box::new(e)))
             }
             Err(RaftError::Fatal(fatal)) => Err(fatal.into()),
         }
@@ -188,21 +214,17 @@ impl ClusterAdmin {
         forwarded: bool,
     ) -> Result<u64, AdminError> {
         check_addr(&node.rpc_addr)?;
-        match self.route().await? {
-            Route::Here => {}
-            Route::Leader(id, addr) if !forwarded => {
-                let mut client = self.leader_client(id, &addr)?;
-                let request = forwarded_request(AddNodeRequest {
-                    node: Some(node),
-                    promote_to_voter: promote,
-                });
-                return client
-                    .add_node(request)
-                    .await
-                    .map(|r| r.into_inner().membership_log_index)
-                    .map_err(|s| forward_failure(s, id, &addr));
-            }
-            Route::Leader(id, addr) => return Err(not_leader(id, &addr)),
+        let request = AddNodeRequest {
+            node: Some(node.clone()),
+            promote_to_voter: promote,
+        };
+        let route = self.route().await?;
+        let on_leader = self.forward(route, forwarded, |mut leader| async move {
+            let response = leader.add_node(forwarded_request(request)).await?;
+            Ok(response.into_inner().membership_log_index)
+        });
+        if let Some(index) = on_leader.await? {
+            return Ok(index);
         }
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
@@ -247,17 +269,17 @@ impl ClusterAdmin {
     /// Removes node `id` (voter or learner). When it is this node and this node leads,
     /// leadership moves to another voter first.
     pub async fn remove_node(&self, id: NodeId, forwarded: bool) -> Result<u64, AdminError> {
-        match self.route().await? {
-            Route::Here => {}
-            Route::Leader(leader, addr) if !forwarded => {
-                let mut client = self.leader_client(leader, &addr)?;
-                return client
-                    .remove_node(forwarded_request(RemoveNodeRequest { node_id: id }))
-                    .await
-                    .map(|r| r.into_inner().membership_log_index)
-                    .map_err(|s| forward_failure(s, leader, &addr));
-            }
-            Route::Leader(leader, addr) => return Err(not_leader(leader, &addr)),
+        let route = self.route().await?;
+        let on_leader = self.forward(route, forwarded, |mut leader| async move {
+            let request = forwarded_request(RemoveNodeRequest { node_id: id });
+            Ok(leader
+                .remove_node(request)
+                .await?
+                .into_inner()
+                .membership_log_index)
+        });
+        if let Some(index) = on_leader.await? {
+            return Ok(index);
         }
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
@@ -329,18 +351,22 @@ impl ClusterAdmin {
         to: Option<NodeId>,
         forwarded: bool,
     ) -> Result<NodeId, AdminError> {
-        match self.route().await? {
-            Route::Here => {}
-            Route::Leader(leader, _) if to == Some(leader) => return Ok(leader),
-            Route::Leader(leader, addr) if !forwarded => {
-                let mut client = self.leader_client(leader, &addr)?;
-                return client
-                    .transfer_leader(forwarded_request(TransferLeaderRequest { node_id: to }))
-                    .await
-                    .map(|r| r.into_inner().new_leader_id)
-                    .map_err(|s| forward_failure(s, leader, &addr));
-            }
-            Route::Leader(leader, addr) => return Err(not_leader(leader, &addr)),
+        let route = self.route().await?;
+        if let Route::Leader(leader, _) = route
+            && to == Some(leader)
+        {
+            return Ok(leader);
+        }
+        let on_leader = self.forward(route, forwarded, |mut leader| async move {
+            let request = forwarded_request(TransferLeaderRequest { node_id: to });
+            Ok(leader
+                .transfer_leader(request)
+                .await?
+                .into_inner()
+                .new_leader_id)
+        });
+        if let Some(new_leader) = on_leader.await? {
+            return Ok(new_leader);
         }
         let metrics = self.metrics();
         let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
@@ -443,7 +469,7 @@ impl ClusterAdmin {
         let response = tokio::time::timeout(self.timeouts.change, changing)
             .await
             .map_err(|_| AdminError::ChangeTimedOut)?
-            .map_err(|e| AdminError::ChangeTaskFailed(e.to_string()))?
+            .map_err(AdminError::ChangeTaskFailed)?
             .map_err(AdminError::from)?;
         Ok(response.log_id.index)
     }
@@ -512,7 +538,7 @@ impl From<Fatal<TypeConfig>> for AdminError {
     fn from(fatal: Fatal<TypeConfig>) -> Self {
         match fatal {
             Fatal::Stopped => AdminError::ShuttingDown,
-            other => AdminError::Fatal(other.to_string()),
+            other => AdminError::Fatal(other),
         }
     }
 }
@@ -530,7 +556,7 @@ impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for AdminError {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 e @ ChangeMembershipError::InProgress(_),
             )) => AdminError::ChangeInProgress(e.to_string()),
-            RaftError::APIError(e) => AdminError::Refused(e.to_string()),
+            RaftError::APIError(e) => AdminError::Refused(Box::new(e)),
         }
     }
 }

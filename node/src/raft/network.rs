@@ -8,7 +8,7 @@
 //! certificate. tonic reconnects a channel whose connection broke.
 //!
 //! Errors: a failure to connect (TCP or TLS) is `Unreachable` (openraft backs off longer); a
-//! call that exceeded openraft's deadline is `Timeout`; anything else is `Network`. Connection
+//! call that exceeded its deadline ([`rpc_deadline`]) is `Timeout`; anything else is `Network`. Connection
 //! failures are recognised by the [`CONNECT_FAILED`] prefix our connector puts on them, because
 //! tonic reduces a connect error to a plain `UNAVAILABLE` status.
 
@@ -54,6 +54,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings detect a dead peer connection (e.g. a paused process) even while idle.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The shortest deadline we give a peer RPC. openraft derives its deadlines from the heartbeat
+/// interval (150 ms for heartbeats and for opening a replication stream), which is right on an
+/// idle machine and wrong on a loaded one: a node starved of CPU for 200 ms answered every
+/// heartbeat too late, each was cancelled (and with it the follower's handler), no ack was ever
+/// recorded, and a five-pod cluster reported "2 of 5 voters healthy" for minutes while every
+/// node was up. A late answer is still an answer — openraft ignores one for an old term — so
+/// waiting longer costs nothing; a dead peer is found by the HTTP/2 keepalive and by elections,
+/// not by these deadlines.
+const MIN_RPC_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest raft.v1 message: a replication batch or one large record plus headers.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -238,12 +247,18 @@ impl PeerClient {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(option.hard_ttl(), call).await {
+        let deadline = rpc_deadline(option);
+        match tokio::time::timeout(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status_error(&status)),
-            Err(_) => Err(self.timeout(action, option.hard_ttl())),
+            Err(_) => Err(self.timeout(action, deadline)),
         }
     }
+}
+
+/// How long a peer RPC may take: openraft's deadline, but never less than [`MIN_RPC_DEADLINE`].
+fn rpc_deadline(option: &RPCOption) -> Duration {
+    option.hard_ttl().max(MIN_RPC_DEADLINE)
 }
 
 /// A failed call as openraft's RPC error.
@@ -373,7 +388,7 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
                 .await?;
             // A response is due for every request sent; if the follower stops answering for
             // this long, the stream is broken (keepalive would also notice a dead connection).
-            let item_timeout = (option.hard_ttl() * 20).max(Duration::from_secs(2));
+            let item_timeout = (option.hard_ttl() * 20).max(rpc_deadline(&option));
             let (id, target) = (self.id, self.target);
             let stream =
                 futures::stream::unfold(Some((responses, unanswered)), move |state| async move {
@@ -401,5 +416,18 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
             let stream: BoxStream<'s, _> = Box::pin(stream);
             Ok(stream)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_derived_deadlines_are_raised_to_the_floor_and_longer_ones_kept() {
+        let heartbeat = RPCOption::new(Duration::from_millis(150));
+        assert_eq!(rpc_deadline(&heartbeat), MIN_RPC_DEADLINE);
+        let snapshot = RPCOption::new(Duration::from_secs(5));
+        assert_eq!(rpc_deadline(&snapshot), Duration::from_secs(5));
     }
 }

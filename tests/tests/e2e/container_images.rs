@@ -115,42 +115,31 @@ fn build_script_binaries() -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// The workspace's binary targets that the images may copy.
+/// The workspace's binary targets that the images may copy, as Cargo itself lists them (its
+/// rules for `src/main.rs`, `src/bin/*.rs` and `[[bin]]` sections are not ours to re-implement).
 fn workspace_binaries() -> Result<BTreeSet<String>> {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(ROOT)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo metadata")?;
+    ensure!(output.status.success(), "cargo metadata: {}", output.status);
+    let metadata: Value = serde_json::from_slice(&output.stdout).context("cargo metadata JSON")?;
     let mut bins = BTreeSet::new();
-    // Cargo's rules: `src/bin/<name>.rs`, `src/main.rs` (named after the package) and explicit
-    // `[[bin]] name = …` sections.
-    for krate in ["node", "logctl", "operator"] {
-        let bin_dir = format!("{ROOT}/{krate}/src/bin");
-        if std::path::Path::new(&bin_dir).is_dir() {
-            for entry in std::fs::read_dir(&bin_dir)? {
-                let path = entry?.path();
-                if path.extension().is_some_and(|e| e == "rs") {
-                    bins.insert(
-                        path.file_stem()
-                            .context("file stem")?
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
-                }
-            }
-        }
-        let manifest = std::fs::read_to_string(format!("{ROOT}/{krate}/Cargo.toml"))?;
-        let mut section = String::new();
-        for line in manifest.lines().map(str::trim) {
-            if line.starts_with('[') {
-                section = line.to_owned();
-            } else if let Some(rest) = line.strip_prefix("name") {
-                let name = rest
-                    .trim_start()
-                    .trim_start_matches('=')
-                    .trim()
-                    .trim_matches('"');
-                let package_bin = section == "[package]"
-                    && std::path::Path::new(&format!("{ROOT}/{krate}/src/main.rs")).exists();
-                if section == "[[bin]]" || package_bin {
-                    bins.insert(name.to_owned());
-                }
+    for package in metadata["packages"].as_array().context("no packages")? {
+        for target in package["targets"].as_array().context("no targets")? {
+            let is_bin = target["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+            if is_bin {
+                bins.insert(target["name"].as_str().context("target name")?.to_owned());
             }
         }
     }

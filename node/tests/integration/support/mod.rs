@@ -9,10 +9,7 @@ pub mod cluster;
 pub mod single_node;
 pub mod telemetry;
 
-// NB: the workspace's one plain HTTP GET lives in the end-to-end harness; it is compiled in here
-// from its source rather than by depending on that crate, which pulls in the Kubernetes client.
-#[path = "../../../../tests/src/http.rs"]
-mod http;
+use logcluster_testkit::http;
 
 use std::net::SocketAddr;
 
