@@ -121,6 +121,51 @@ fn new_record(record: Option<log_v1::Record>, max: u64) -> Result<NewRecord, Com
     })
 }
 
+/// Bytes read per step while `Consume` looks past Raft-internal entries: enough for a run of
+/// them (they are tiny), while a large data record still ends the read after itself.
+const SKIP_READ_BYTES: usize = 64 << 10;
+
+/// The first data record at or after `offset`. Raft-internal entries (a new leader's blank
+/// entry, membership changes) occupy offsets but are not data: `Consume` of such an offset
+/// answers with the next data record — its `offset` says which, as a record always does — and
+/// with `OUT_OF_RANGE` (proglog's end of the log) when no data record follows yet. Every node
+/// holds the same log, so every node gives the same answer; `ConsumeStream` skips the same
+/// entries.
+async fn first_data_record(log: &dyn CommitLog, offset: u64) -> Result<Entry, Status> {
+    let mut from = offset;
+    loop {
+        let entries = log
+            .read(from, 256, SKIP_READ_BYTES)
+            .await
+            .map_err(|e| match e {
+                // Reported for the offset asked for, not for where the skipping got to.
+                CommitLogError::OutOfRange { first, next, .. } => CommitLogError::OutOfRange {
+                    offset,
+                    first,
+                    next,
+                },
+                other => other,
+            })?;
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Err(Status::internal(format!(
+                "the log returned nothing for committed offset {from}"
+            )));
+        };
+        for (expected, entry) in (from..).zip(entries) {
+            if entry.index != expected {
+                return Err(Status::internal(format!(
+                    "the log returned offset {} for offset {expected}",
+                    entry.index
+                )));
+            }
+            if entry.kind == EntryKind::Data {
+                return Ok(entry);
+            }
+        }
+        from = last + 1;
+    }
+}
+
 fn to_record(entry: Entry) -> log_v1::Record {
     // Raft-internal entries (blank, membership) are not client data: their payload stays inside.
     let value = if entry.kind == EntryKind::Data {
@@ -187,22 +232,9 @@ impl Log for LogService {
         let offset = request.get_ref().offset;
         let fields = rpc_fields(&request);
         fields.set_offset(offset);
-        let entries = self.log.read(offset, 1, 0).await?;
-        let entry = entries.into_iter().next().ok_or_else(|| {
-            Status::internal(format!(
-                "the log returned nothing for committed offset {offset}"
-            ))
-        })?;
-        if entry.index != offset {
-            return Err(Status::internal(format!(
-                "the log returned offset {} for offset {offset}",
-                entry.index
-            )));
-        }
+        let entry = first_data_record(self.log.as_ref(), offset).await?;
         fields.add_count(1);
         self.count_consumed(1);
-        // NB: a Raft-internal entry is returned as what it is (its type says so, its value is
-        // withheld): a client reading offsets one by one can step over it.
         Ok(Response::new(ConsumeResponse {
             record: Some(to_record(entry)),
         }))

@@ -60,16 +60,27 @@ async fn produced_records_are_consumed_back_at_their_offsets() {
         assert_eq!(got.r#type, RecordType::Data as u32);
         assert!(got.timestamp_unix_ms > 0, "the leader stamps records");
     }
-    // The entries before the first record are Raft's own: typed as such, their value withheld.
-    let internal = client
-        .consume(consume(0))
-        .await
-        .expect("consume offset 0")
-        .into_inner()
-        .record
-        .expect("record");
-    assert_ne!(internal.r#type, RecordType::Data as u32);
-    assert!(internal.value.is_empty());
+    // The entries before the first record are Raft's own (membership, the leader's blank
+    // entry): a consumer never sees them. `Consume` of one answers with the next data record,
+    // whose offset says where it is.
+    assert!(
+        base > 0,
+        "a new cluster's first record follows Raft's own entries"
+    );
+    for internal in 0..base {
+        let got = client
+            .consume(consume(internal))
+            .await
+            .expect("consume an internal offset")
+            .into_inner()
+            .record
+            .expect("record");
+        assert_eq!(
+            (got.offset, got.r#type, got.value.as_ref()),
+            (base, RecordType::Data as u32, b"first".as_slice()),
+            "Consume({internal})"
+        );
+    }
 }
 
 #[tokio::test]
