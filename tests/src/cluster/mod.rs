@@ -6,6 +6,7 @@
 //! the cluster's CA; clients connect with the `root` (produce + consume + admin) certificate.
 //! Faults: SIGKILL, SIGSTOP/SIGCONT, restart, and cutting a stopped node's files back.
 
+mod error;
 mod pki;
 mod workload;
 
@@ -22,6 +23,7 @@ use tonic::transport::Channel;
 use crate::history::NodeLog;
 use crate::k8s::ChildProcess;
 use crate::read_back;
+pub use error::{ClusterError, Result};
 pub use pki::{ClusterPki, ClusterPkiError};
 pub use workload::{Workload, outcome_of};
 
@@ -31,9 +33,6 @@ pub const GRPC_PORT: u16 = 8400;
 pub const GOSSIP_PORT: u16 = 8401;
 /// Health/metrics port of every node.
 pub const HTTP_PORT: u16 = 8402;
-
-/// Errors of the harness (tests panic on them with the message).
-pub type Result<T> = std::result::Result<T, String>;
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -136,19 +135,15 @@ fn binary(name: &str) -> Result<PathBuf> {
         return Ok(PathBuf::from(path));
     }
     // Test binaries live in <target>/<profile>/deps; binaries one level up.
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
+    let exe = std::env::current_exe().map_err(ClusterError::CurrentExe)?;
+    let Some(profile_dir) = exe.parent().and_then(Path::parent) else {
+        return Err(ClusterError::TestBinaryLocation { exe });
+    };
     let path = profile_dir.join(name);
     if path.exists() {
         Ok(path)
     } else {
-        Err(format!(
-            "{} not found: build it first (`cargo build --workspace`; `make test` does)",
-            path.display()
-        ))
+        Err(ClusterError::BinaryMissing { path })
     }
 }
 
@@ -189,7 +184,11 @@ impl ProcessCluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("logcluster-{}-", spec.subnet))
             .tempdir()
-            .map_err(|e| format!("tempdir: {e}"))?;
+            .map_err(|source| ClusterError::Io {
+                action: "creating a temporary directory in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
         let ips: Vec<Ipv4Addr> = (0..16)
             .map(|i| Ipv4Addr::new(127, 0, spec.subnet, i + 1))
             .collect();
@@ -199,8 +198,7 @@ impl ProcessCluster {
             &ips,
             &spec.node_dns_names,
             &policy,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(ProcessCluster {
             spec,
             dir,
@@ -220,7 +218,11 @@ impl ProcessCluster {
         let index = self.nodes.len();
         let ip = Ipv4Addr::new(127, 0, self.spec.subnet, index as u8 + 1);
         let data_dir = self.dir.path().join(format!("node-{index}"));
-        std::fs::create_dir_all(&data_dir).map_err(|e| format!("mkdir: {e}"))?;
+        std::fs::create_dir_all(&data_dir).map_err(|source| ClusterError::Io {
+            action: "creating",
+            path: data_dir.clone(),
+            source,
+        })?;
         let node = NodeProcess {
             id: index as u64,
             ip,
@@ -299,8 +301,13 @@ impl ProcessCluster {
                 .map(|d| d.as_millis())
                 .unwrap_or(0)
         ));
-        let process = ChildProcess::spawn(&format!("lognode-{index}"), command, &log)
-            .map_err(|e| e.to_string())?;
+        let process =
+            ChildProcess::spawn(&format!("lognode-{index}"), command, &log).map_err(|source| {
+                ClusterError::Spawn {
+                    node: index,
+                    source,
+                }
+            })?;
         node.log_path = log;
         node.process = Some(process);
         node.paused = false;
@@ -351,7 +358,7 @@ impl ProcessCluster {
     /// TLS settings of the `root` client.
     pub fn client_tls(&self) -> Result<ClientTls> {
         ClientTls::from_files(&self.pki.ca, &self.pki.client_cert, &self.pki.client_key)
-            .map_err(|e| e.to_string())
+            .map_err(ClusterError::ClientTls)
     }
 
     /// A leader-aware client seeded with every running node.
@@ -365,21 +372,27 @@ impl ProcessCluster {
         let mut config = ClientConfig::new(seeds, self.client_tls()?);
         config.retry_deadline = Duration::from_secs(30);
         config.request_timeout = Duration::from_secs(5);
-        LogClient::connect(config).await.map_err(|e| e.to_string())
+        LogClient::connect(config)
+            .await
+            .map_err(ClusterError::Client)
     }
 
     /// A channel to one node (no routing).
     pub async fn channel_to(&self, index: usize) -> Result<Channel> {
+        let channel_error = |source| ClusterError::Channel {
+            node: index,
+            source,
+        };
         let client = LogClient::connect(ClientConfig::new(
             vec![self.nodes[index].grpc_addr()],
             self.client_tls()?,
         ))
         .await
-        .map_err(|e| format!("node {index}: {e}"))?;
+        .map_err(channel_error)?;
         client
             .channel(&self.nodes[index].grpc_addr())
             .await
-            .map_err(|e| e.to_string())
+            .map_err(channel_error)
     }
 
     /// `ClusterStatus` as node `index` answers it.
@@ -391,7 +404,11 @@ impl ProcessCluster {
             .cluster_status(request)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| format!("node {index}: {s}"))
+            .map_err(|status| ClusterError::Rpc {
+                node: index,
+                call: "ClusterStatus",
+                status: Box::new(status),
+            })
     }
 
     /// The leader's index: the leader of the highest term the running, unpaused nodes report,
@@ -424,17 +441,23 @@ impl ProcessCluster {
     pub async fn wait_for_leader(&self, not: Option<usize>, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(leader) = self.leader().await
-                && Some(leader) != not
-                && self.nodes[leader].is_running()
-            {
-                return Ok(leader);
-            }
+            let last_seen = match self.leader().await {
+                Some(leader) if Some(leader) != not && self.nodes[leader].is_running() => {
+                    return Ok(leader);
+                }
+                Some(leader) => format!("node {leader} leads"),
+                None => String::from("no leader"),
+            };
             if Instant::now() > deadline {
-                return Err(format!(
-                    "no leader (other than {not:?}) within {timeout:?}\n{}",
-                    self.logs()
-                ));
+                return Err(ClusterError::Timeout {
+                    awaited: match not {
+                        Some(not) => format!("a leader other than node {not}"),
+                        None => String::from("a leader"),
+                    },
+                    timeout,
+                    last_seen,
+                    logs: self.logs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -468,10 +491,12 @@ impl ProcessCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the cluster did not reach {count} voters within {timeout:?}; {last_seen}\n{}",
-                    self.logs()
-                ));
+                return Err(ClusterError::Timeout {
+                    awaited: format!("{count} voters and no membership change in flight"),
+                    timeout,
+                    last_seen,
+                    logs: self.logs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -479,7 +504,10 @@ impl ProcessCluster {
 
     /// Every committed data record node `index` holds, read from it alone.
     pub async fn read_all_from(&self, index: usize) -> Result<NodeLog> {
-        read_back::committed_records(self.channel_to(index).await?, &format!("node-{index}")).await
+        Ok(
+            read_back::committed_records(self.channel_to(index).await?, &format!("node-{index}"))
+                .await?,
+        )
     }
 
     /// Waits until every running node has applied everything the leader has committed. Until
@@ -488,43 +516,57 @@ impl ProcessCluster {
     pub async fn wait_converged(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let missing = match self.converged().await {
-                Ok(()) => return Ok(()),
-                Err(missing) => missing,
+            let Some(missing) = self.missing_for_convergence().await else {
+                return Ok(());
             };
             if Instant::now() > deadline {
-                return Err(format!(
-                    "nodes did not converge within {timeout:?} (last check: {missing})\n{}",
-                    self.logs()
-                ));
+                return Err(ClusterError::Timeout {
+                    awaited: String::from(
+                        "every running node to apply what the leader has committed",
+                    ),
+                    timeout,
+                    last_seen: missing,
+                    logs: self.logs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// `Ok` when every running node has applied what the leader has committed; else what is
-    /// missing.
-    async fn converged(&self) -> Result<()> {
-        let leader = self.leader().await.ok_or("no leader")?;
-        let target = self.status_of(leader).await?.commit_index;
+    /// `None` when every running node has applied what the leader has committed; else what is
+    /// missing (an unreachable node or leader only means "not yet" to the caller).
+    async fn missing_for_convergence(&self) -> Option<String> {
+        let Some(leader) = self.leader().await else {
+            return Some(String::from("no leader"));
+        };
+        let target = match self.status_of(leader).await {
+            Ok(status) => status.commit_index,
+            Err(e) => return Some(e.to_string()),
+        };
         for (index, node) in self.nodes.iter().enumerate() {
             if !node.is_running() {
                 continue;
             }
-            let end = self.committed_end_of(index).await?;
+            let end = match self.committed_end_of(index).await {
+                Ok(end) => end,
+                Err(e) => return Some(e.to_string()),
+            };
             if end <= target {
-                return Err(format!(
+                return Some(format!(
                     "node {index} has applied up to offset {end}, the leader (node {leader}) \
                      committed {target}"
                 ));
             }
         }
-        Ok(())
+        None
     }
 
     /// The offset after the last entry node `index` serves as committed.
     pub async fn committed_end_of(&self, index: usize) -> Result<u64> {
-        read_back::committed_end(self.channel_to(index).await?, &format!("node {index}")).await
+        Ok(
+            read_back::committed_end(self.channel_to(index).await?, &format!("node {index}"))
+                .await?,
+        )
     }
 
     /// The last lines of every node's log, for failure messages.
@@ -576,17 +618,8 @@ impl ProcessCluster {
                 logs.push(self.read_all_from(index).await?);
             }
         }
-        crate::history::check(&history.operations(), &logs, consumer_seen).map_err(|violations| {
-            format!(
-                "{} violation(s):\n{}",
-                violations.len(),
-                violations
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })
+        crate::history::check(&history.operations(), &logs, consumer_seen)
+            .map_err(ClusterError::Violations)
     }
 
     /// Simulates losing writes that were never fsynced on a stopped node: cuts its newest
@@ -597,32 +630,34 @@ impl ProcessCluster {
         use std::io::Write;
         let node = &self.nodes[index];
         if node.is_running() {
-            return Err(format!("node {index} must be stopped first"));
+            return Err(ClusterError::NodeRunning { node: index });
         }
+        let io_error = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| ClusterError::Io {
+                action,
+                path,
+                source,
+            }
+        };
         let log_dir = node.data_dir.join("log");
         let mut stores: Vec<PathBuf> = std::fs::read_dir(&log_dir)
-            .map_err(|e| format!("{}: {e}", log_dir.display()))?
+            .map_err(io_error("listing", &log_dir))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "store"))
             .collect();
         stores.sort();
-        let newest = stores.last().ok_or("no segment")?;
-        let bytes = std::fs::read(newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+        let Some(newest) = stores.last() else {
+            return Err(ClusterError::NoSegment { dir: log_dir });
+        };
+        let bytes = std::fs::read(newest).map_err(io_error("reading", newest))?;
         // Walk the frames (len u32 | crc u32 | index u64 | ...; a frame is 8 + len bytes) to the
         // end of the durable entry.
         let mut position = 0usize;
         let mut durable_end = 0usize;
         while position + 16 <= bytes.len() {
-            let len = u32::from_le_bytes(
-                bytes[position..position + 4]
-                    .try_into()
-                    .map_err(|_| "frame")?,
-            ) as usize;
-            let entry_index = u64::from_le_bytes(
-                bytes[position + 8..position + 16]
-                    .try_into()
-                    .map_err(|_| "frame")?,
-            );
+            let len = u32::from_le_bytes(std::array::from_fn(|i| bytes[position + i])) as usize;
+            let entry_index = u64::from_le_bytes(std::array::from_fn(|i| bytes[position + 8 + i]));
             let end = position + 8 + len;
             if len == 0 || end > bytes.len() {
                 break;
@@ -637,16 +672,18 @@ impl ProcessCluster {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(newest)
-            .map_err(|e| format!("{}: {e}", newest.display()))?;
-        file.set_len(cut_at as u64).map_err(|e| e.to_string())?;
+            .map_err(io_error("opening", newest))?;
+        file.set_len(cut_at as u64)
+            .map_err(io_error("truncating", newest))?;
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(newest)
-            .map_err(|e| e.to_string())?;
+            .map_err(io_error("opening", newest))?;
         let garbage: Vec<u8> = (0..rand::random::<u8>() as usize % 64)
             .map(|_| rand::random())
             .collect();
-        file.write_all(&garbage).map_err(|e| e.to_string())?;
+        file.write_all(&garbage)
+            .map_err(io_error("appending garbage to", newest))?;
         Ok((bytes.len() - cut_at) as u64)
     }
 
@@ -697,19 +734,22 @@ impl ProcessCluster {
         let matched = loop {
             let leader = self.wait_for_leader(Some(index), timeout).await?;
             let status = self.status_of(leader).await?;
-            let member = status
-                .members
-                .iter()
-                .find(|m| m.node_id == id)
-                .ok_or_else(|| format!("node {index} is not a member"))?;
+            let member = status.members.iter().find(|m| m.node_id == id).ok_or(
+                ClusterError::NotAMember {
+                    node: index,
+                    leader,
+                },
+            )?;
             if !member.healthy {
                 break member.matched_index;
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the leader (node {leader}) still hears from paused node {index} after \
-                     {timeout:?}"
-                ));
+                return Err(ClusterError::Timeout {
+                    awaited: format!("the leader to stop hearing from paused node {index}"),
+                    timeout,
+                    last_seen: format!("the leader (node {leader}) still reports it healthy"),
+                    logs: self.logs(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };

@@ -155,7 +155,9 @@ pub async fn wait_converged(
         let mut ends = Vec::new();
         for node in nodes {
             let end = match channel_to(config, node).await {
-                Ok(channel) => read_back::committed_end(channel, node).await,
+                Ok(channel) => read_back::committed_end(channel, node)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             ends.push(end);
@@ -184,7 +186,11 @@ pub async fn read_every_node(
     let mut logs = Vec::new();
     for node in nodes {
         let channel = channel_to(config, node).await?;
-        logs.push(read_back::committed_records(channel, node).await?);
+        logs.push(
+            read_back::committed_records(channel, node)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     Ok(logs)
 }

@@ -128,7 +128,7 @@ async fn leader_view(cluster: &ProcessCluster) -> Result<View, String> {
                     Some(view) => return Ok(view),
                     None => last = format!("node {leader} no longer leads"),
                 },
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         if tokio::time::Instant::now() > deadline {
@@ -495,7 +495,7 @@ impl Harness {
             .map(|i| names.pod_fqdn(i))
             .collect();
         spec.extra_policy = vec!["p, operator, *, admin".to_owned()];
-        let cluster = ProcessCluster::create(spec).map_err(anyhow::Error::msg)?;
+        let cluster = ProcessCluster::create(spec)?;
         let pki = cluster.pki.clone();
 
         // The same CA, handed to the operator as an existing CA Secret.
@@ -656,10 +656,7 @@ impl Harness {
             if view.leader == to {
                 return Ok(Some(()));
             }
-            let channel = cluster
-                .channel_to(usize::try_from(view.leader)?)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let channel = cluster.channel_to(usize::try_from(view.leader)?).await?;
             AdminClient::new(channel)
                 .transfer_leader(TransferLeaderRequest { node_id: Some(to) })
                 .await?;
@@ -670,22 +667,14 @@ impl Harness {
 
     /// A leader-aware client of the running nodes.
     async fn log_client(&self) -> Result<logcluster_api::LogClient> {
-        self.cluster
-            .lock()
-            .await
-            .client()
-            .await
-            .map_err(anyhow::Error::msg)
+        Ok(self.cluster.lock().await.client().await?)
     }
 
     /// Stops the workload and checks its history against every running node (P1–P7).
     async fn verify(&self, workload: Workload) -> Result<()> {
         let (history, seen) = workload.stop().await;
         let cluster = self.cluster.lock().await;
-        let summary = cluster
-            .verify(&history, seen.as_deref())
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let summary = cluster.verify(&history, seen.as_deref()).await?;
         eprintln!("history: {summary:?}");
         Ok(())
     }
@@ -793,10 +782,7 @@ async fn k8s_operator_scaling_refuses_a_scale_down_that_would_break_quorum() -> 
             let Some(leader) = cluster.leader().await else {
                 return Ok(None);
             };
-            let status = cluster
-                .status_of(leader)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let status = cluster.status_of(leader).await?;
             Ok(status
                 .members
                 .iter()
