@@ -388,6 +388,7 @@ async fn read_stream(
             () = queued.closed() => return,
         };
         let Some(item) = item else { return };
+        let item = item.map_err(super::oversized::as_resource_exhausted);
         let failed = item.is_err();
         if queued.send(item).await.is_err() || failed {
             return;

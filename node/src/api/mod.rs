@@ -4,6 +4,7 @@
 pub mod admin_service;
 pub mod closing;
 pub mod log_service;
+pub mod oversized;
 pub mod raft_service;
 pub mod server;
 pub mod status;

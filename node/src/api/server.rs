@@ -8,6 +8,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 use super::log_service::LogService;
+use super::oversized::OversizedLayer;
 use crate::auth::identity;
 use crate::auth::tls::TlsIncoming;
 use crate::telemetry::metrics::Metrics;
@@ -81,6 +82,7 @@ impl GrpcRoutes {
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .tcp_nodelay(true)
             .layer(layer)
+            .layer(OversizedLayer)
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await

@@ -156,6 +156,11 @@ impl From<Status> for ClientError {
             (Code::Unauthenticated, _) => ClientError::Unauthenticated(message),
             (Code::InvalidArgument, _) => ClientError::InvalidArgument(message),
             (Code::ResourceExhausted, _) => ClientError::TooLarge(message),
+            // tonic's own message-size limits (ours when encoding, an older server's when
+            // decoding) say OUT_OF_RANGE, which is not "past the end of the log".
+            (Code::OutOfRange, _) if message.contains("message length too large") => {
+                ClientError::TooLarge(message)
+            }
             (Code::Unavailable, _) => ClientError::Unavailable(message),
             _ => ClientError::Other(status),
         }
@@ -165,6 +170,19 @@ impl From<Status> for ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tonic_size_limits_are_too_large_not_out_of_range() {
+        let encode = Status::out_of_range(
+            "Error, encoded message length too large: found 67108900 bytes, the limit is: 67108864 bytes",
+        );
+        assert!(matches!(
+            ClientError::from(encode),
+            ClientError::TooLarge(_)
+        ));
+        let end = Status::out_of_range("past the end");
+        assert!(matches!(ClientError::from(end), ClientError::Other(_)));
+    }
 
     #[test]
     fn transport_failures_are_transient_and_server_answers_are_not() {

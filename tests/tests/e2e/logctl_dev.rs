@@ -1,6 +1,6 @@
 //! `logctl dev`, the README's run command: it forms a cluster, a produce/consume round trip
-//! works against it with the commands it prints, and Ctrl-C (SIGINT) stops every node process.
-//! Loopback subnet 30.
+//! works against it with the commands it prints, a node killed under it is restarted while the
+//! others keep serving, and Ctrl-C (SIGINT) stops every node process. Loopback subnet 30.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use logcluster_tests::cluster::{logctl_binary, lognode_binary};
+use logcluster_tests::http;
 
 const SUBNET: u8 = 30;
 
@@ -68,7 +69,7 @@ fn logctl(dir: &Path, args: &[&str]) -> String {
 }
 
 #[test]
-fn logctl_dev_serves_a_round_trip_and_ctrl_c_stops_every_node() {
+fn logctl_dev_serves_a_round_trip_restarts_a_killed_node_and_ctrl_c_stops_every_node() {
     let dir = tempfile::Builder::new()
         .prefix("logctl-dev-")
         .tempdir()
@@ -195,6 +196,86 @@ fn logctl_dev_serves_a_round_trip_and_ctrl_c_stops_every_node() {
     assert!(
         !malformed.status.success() && stderr.contains("--connect-to \"localhost:9\""),
         "{stderr}"
+    );
+
+    // Kill node 2 as a user trying a failover would: the others keep serving, logctl dev
+    // reports the exit and starts the node again, and the node catches up.
+    let node_2_pid = banner
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("started node 2 (pid ")
+                .and_then(|rest| rest.split(')').next())
+        })
+        .and_then(|pid| pid.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no pid of node 2 in the banner:\n{banner}"));
+    // SAFETY: kill(2) on a node process logctl dev started (its child, not yet reaped).
+    unsafe {
+        libc::kill(node_2_pid, libc::SIGKILL);
+    }
+    let mut reported = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let restarted = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.starts_with("restarted node 2 (pid ");
+                reported.push(line);
+                if done {
+                    break reported.join("\n");
+                }
+            }
+            Err(_) => {
+                let _ = dev.kill();
+                panic!(
+                    "logctl dev did not restart node 2:\n{}",
+                    reported.join("\n")
+                );
+            }
+        }
+    };
+    assert!(
+        restarted.contains("node 2 exited (signal: 9")
+            && restarted.contains("the others keep running"),
+        "{restarted}"
+    );
+    assert!(
+        dev.try_wait().expect("wait").is_none(),
+        "logctl dev ended when a node exited"
+    );
+    // Produced while node 2 may still be starting: 2 of 3 voters are a quorum.
+    let after = logctl(&dev_dir, &["produce", "after the kill"]);
+    let after: u64 = after.trim().parse().expect("an offset");
+    let followed = logctl(
+        &dev_dir,
+        &[
+            "consume",
+            "--follow",
+            "--from",
+            &after.to_string(),
+            "--limit",
+            "1",
+            "--format",
+            "value",
+        ],
+    );
+    assert_eq!(followed.trim(), "after the kill");
+    // The restarted node rejoins: its readiness probe passes again (bounded wait on the probe).
+    let node_2_http = format!("127.0.{SUBNET}.2:8402");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match http::get(&node_2_http, "/readyz") {
+            Ok((200, _)) => break,
+            answer if Instant::now() > deadline => {
+                let _ = dev.kill();
+                panic!("the restarted node 2 never became ready again: {answer:?}");
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    assert_eq!(
+        processes_mentioning(&dev_dir_text).len(),
+        4,
+        "logctl dev and 3 nodes after the restart"
     );
 
     // Ctrl-C.

@@ -333,6 +333,44 @@ async fn an_oversized_record_is_refused_and_nothing_is_written() {
         .expect_err("batch with a too-large record");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(committed_end(&mut client).await, end, "nothing was written");
+
+    // A message over the gRPC decoding limit (the largest record or batch plus headroom) is
+    // refused by tonic before any handler runs — still `RESOURCE_EXHAUSTED`, never the
+    // `OUT_OF_RANGE` that proglog clients read as "end of the log". The default batch limit
+    // is 16 MiB: 17 MiB is over every limit of the server.
+    let huge = "x".repeat(17 << 20);
+    let check = |status: &tonic::Status, path: &str| {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "RECORD_TOO_LARGE", "{path}");
+        assert_eq!(
+            info.metadata["max"],
+            ((16u64 << 20) + (64 << 10)).to_string(),
+            "{path}"
+        );
+    };
+    let unary = client
+        .produce(ProduceRequest {
+            record: record(&huge),
+        })
+        .await
+        .expect_err("too large");
+    check(&unary, "Produce");
+    let requests = futures::stream::iter([ProduceRequest {
+        record: record(&huge),
+    }]);
+    let streamed = match client.produce_stream(requests).await {
+        Err(status) => status,
+        Ok(responses) => responses
+            .into_inner()
+            .next()
+            .await
+            .expect("an answer")
+            .expect_err("too large"),
+    };
+    check(&streamed, "ProduceStream");
+    assert_eq!(committed_end(&mut client).await, end, "nothing was written");
 }
 
 #[tokio::test]

@@ -6,17 +6,23 @@
 //! certificate allowed to produce, consume and administer, the casbin policy and the gossip key.
 //! Node 1 bootstraps; the others find it through gossip and are added by the leader, the same
 //! path a Kubernetes cluster takes. Running the command again reuses the data and the CA.
+//!
+//! Once the cluster has formed, a node that exits (`kill <pid>` it to watch a failover) is
+//! reported with the end of its log and started again after `--restart-delay`; the others keep
+//! serving meanwhile. `--no-restart` leaves it down. Ctrl-C stops every node.
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use logcluster_api::log_v1::ServerRole;
 use logcluster_api::{ClientConfig, ClientTls, LogClient};
 use logcluster_certs::{CertificateAuthority, CertificateRequest, read_file, write_pem_files};
+
+use self::nodes::{Nodes, Restarts};
 
 /// Length of the cluster gossip key: `lognode --gossip-key-file` reads 32 bytes as 64 hex digits
 /// (or raw), a ChaCha20-Poly1305 key.
@@ -30,17 +36,18 @@ const HTTP_PORT: u16 = 8402;
 /// Validity of the generated CA and certificates: long enough that a dev directory kept
 /// around keeps working; the node certificate is re-issued on every start anyway.
 const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long a node gets to stop after SIGTERM before it is killed.
-const STOP_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Prints a progress line. A dev cluster runs in the foreground for hours, and its reader
 /// (`logctl dev | tee log`, a closed terminal) may go away: the cluster keeps running rather
 /// than panicking in `println!`, so write errors are ignored here.
 macro_rules! say {
     ($($arg:tt)*) => {{
+        use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
+
+mod nodes;
 
 /// `logctl dev`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +68,14 @@ pub struct DevArgs {
     /// two dev clusters side by side with different subnets).
     #[arg(long, default_value_t = 0)]
     pub subnet: u8,
+    /// Leave a node that exits down instead of restarting it (the others keep running either
+    /// way; Ctrl-C stops them).
+    #[arg(long)]
+    pub no_restart: bool,
+    /// How long after a node exits it is started again; doubled (up to 1 min) while it keeps
+    /// exiting within a minute of starting.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub restart_delay: Duration,
     /// Log filter of the nodes (their logs go to <dir>/node-<i>/lognode.log).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -105,7 +120,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
             addrs[usize::from(i) - 1],
             log_path(&dir, i).display()
         );
-        nodes.children.push((i, child));
+        nodes.started(i, child);
     }
 
     let tls = ClientTls::from_files(&files.ca, &files.client_cert, &files.client_key)
@@ -120,24 +135,77 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     }
     print_usage(&dir, &files, net, &addrs);
 
-    let outcome = tokio::select! {
-        () = shutdown_signal() => Ok(()),
-        exited = nodes.first_exit() => {
-            let (i, status) = exited;
-            Err(anyhow::anyhow!(
-                "node {i} exited ({status}); its log: {}\n{}",
-                log_path(&dir, i).display(),
-                log_tail(&dir, i)
-            ))
-        }
-    };
-    say!("stopping {} nodes…", nodes.children.len());
+    let restart = (!args.no_restart).then_some(args.restart_delay);
+    let spawn = |i: u8| spawn_node(&lognode, &dir, &files, net, i, &args.log_level);
+    supervise(&mut nodes, restart, &dir, spawn).await;
+    say!("stopping {} nodes…", nodes.running());
     nodes.stop_all();
     say!(
         "stopped; the data stays in {} for the next run",
         dir.display()
     );
-    outcome
+    Ok(())
+}
+
+/// Keeps the cluster running until Ctrl-C (or SIGTERM): a node that exits is reported with the
+/// end of its log and, unless `restart` is `None`, started again after the delay — so a user
+/// can `kill` a node and watch the others carry on and the node rejoin.
+async fn supervise(
+    nodes: &mut Nodes,
+    restart: Option<Duration>,
+    dir: &Path,
+    spawn: impl Fn(u8) -> Result<Child>,
+) {
+    let mut restarts = Restarts::new(restart.unwrap_or_default());
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let due = restarts.next_due();
+        tokio::select! {
+            () = &mut stop => return,
+            (i, status, ran_for) = nodes.next_exit() => {
+                say!(
+                    "node {i} exited ({status}) after {}; the others keep running. The end of its log ({}):\n{}",
+                    humantime::format_duration(round_to_seconds(ran_for)),
+                    log_path(dir, i).display(),
+                    log_tail(dir, i)
+                );
+                if restart.is_some() {
+                    let delay = restarts.schedule(i, ran_for);
+                    say!("restarting node {i} in {}", humantime::format_duration(delay));
+                } else {
+                    say!("node {i} stays down (--no-restart); Ctrl-C stops the others");
+                }
+            }
+            () = sleep_until(due) => {
+                for i in restarts.take_due() {
+                    match spawn(i) {
+                        Ok(child) => {
+                            say!("restarted node {i} (pid {})", child.id());
+                            nodes.started(i, child);
+                        }
+                        Err(e) => {
+                            let delay = restarts.schedule(i, Duration::ZERO);
+                            say!("restarting node {i} failed: {e:#}; trying again in {}",
+                                humantime::format_duration(delay));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when nothing is due.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn round_to_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
 }
 
 /// Where the nodes of a dev cluster listen.
@@ -448,79 +516,6 @@ fn log_tail(dir: &Path, i: u8) -> String {
     let text = std::fs::read_to_string(log_path(dir, i)).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// The running `lognode` children.
-#[derive(Default)]
-struct Nodes {
-    children: Vec<(u8, Child)>,
-}
-
-impl Nodes {
-    /// A node that has exited, if any.
-    fn try_exited(&mut self) -> Option<(u8, ExitStatus)> {
-        self.children
-            .iter_mut()
-            .find_map(|(i, child)| child.try_wait().ok().flatten().map(|status| (*i, status)))
-    }
-
-    /// Resolves when a node exits.
-    async fn first_exit(&mut self) -> (u8, ExitStatus) {
-        loop {
-            if let Some(exited) = self.try_exited() {
-                return exited;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// SIGTERM to every node (highest id first, so leadership settles on the survivors), then
-    /// waits; a node still running after the patience is killed.
-    // NB: the crate's only unsafe code: std can send SIGKILL to a child, not SIGTERM.
-    #[allow(unsafe_code)]
-    fn stop_all(&mut self) {
-        for (i, child) in self.children.iter_mut().rev() {
-            if child.try_wait().ok().flatten().is_some() {
-                continue;
-            }
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) with a pid we spawned and have not reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-            let deadline = Instant::now() + STOP_PATIENCE;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        say!("  node {i} stopped ({status})");
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    _ => {
-                        say!("  node {i} did not stop within {STOP_PATIENCE:?}; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        // Never leave orphans behind (e.g. after a panic).
-        for (_, child) in &mut self.children {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
