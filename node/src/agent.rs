@@ -324,6 +324,8 @@ impl RunningNode {
                 heartbeat_interval: config.heartbeat_interval,
                 retention_bytes: config.retention_bytes,
                 retention_age: config.retention_age,
+                // A node listening on one address also dials its peers from it.
+                source_ip: Some(config.listen_addr.ip()).filter(|ip| !ip.is_unspecified()),
                 ..RaftNodeConfig::new(
                     config.node_id,
                     config.advertise_addr.clone(),

@@ -31,7 +31,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -676,6 +676,7 @@ async fn accept_loop(
 pub struct TlsConnector {
     connector: tokio_rustls::TlsConnector,
     server_name: Option<ServerName<'static>>,
+    source_ip: Option<IpAddr>,
 }
 
 impl fmt::Debug for TlsConnector {
@@ -692,7 +693,16 @@ impl TlsConnector {
         TlsConnector {
             connector: tokio_rustls::TlsConnector::from(config),
             server_name: None,
+            source_ip: None,
         }
+    }
+
+    /// Connections leave from `ip` (a node's own address), so a node's traffic is attributable
+    /// to it in firewall rules, packet captures and the peer's logs. Only peers of the same
+    /// address family are dialed.
+    pub fn with_source_ip(mut self, ip: IpAddr) -> Self {
+        self.source_ip = Some(ip);
+        self
     }
 
     /// Verifies the server's certificate against `name` instead of the dialed host.
@@ -718,10 +728,45 @@ impl TlsConnector {
             Some(name) => name.clone(),
             None => parse_server_name(host).map_err(|e| invalid(e.to_string()))?,
         };
-        let tcp = TcpStream::connect((host, port)).await?;
+        let tcp = match self.source_ip {
+            None => TcpStream::connect((host, port)).await?,
+            Some(source) => connect_from(source, host, port).await?,
+        };
         let _ = tcp.set_nodelay(true);
         self.connector.connect(server_name, tcp).await
     }
+}
+
+/// A TCP connection to `host:port` from `source` (any port): each address of `host` in
+/// `source`'s family is tried in turn, as `TcpStream::connect` tries every address.
+async fn connect_from(source: IpAddr, host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if addr.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("binding the source address {source}: {e}"),
+            )
+        })?;
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{host} has no address of the same family as the source address {source}"),
+        )
+    }))
 }
 
 impl tower::Service<Uri> for TlsConnector {

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -74,6 +75,7 @@ pub struct PeerChannels {
 
 struct ChannelsInner {
     tls: ReloadingTlsFiles,
+    source_ip: Option<IpAddr>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -108,11 +110,13 @@ pub enum PeerChannelError {
 }
 
 impl PeerChannels {
-    /// Channels that dial with `tls`'s current client configuration.
-    pub fn new(tls: ReloadingTlsFiles) -> Self {
+    /// Channels that dial with `tls`'s current client configuration, from `source_ip` when
+    /// given (the node's own address; see [`TlsConnector::with_source_ip`]).
+    pub fn new(tls: ReloadingTlsFiles, source_ip: Option<IpAddr>) -> Self {
         PeerChannels {
             inner: Arc::new(ChannelsInner {
                 tls,
+                source_ip,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -143,8 +147,11 @@ impl PeerChannels {
             // Replication batches are large; do not let flow control throttle a fast follower.
             .initial_connection_window_size(Some(32 << 20))
             .initial_stream_window_size(Some(8 << 20));
-        let channel =
-            endpoint.connect_with_connector_lazy(MarkedConnector(TlsConnector::new(config)));
+        let mut connector = TlsConnector::new(config);
+        if let Some(ip) = self.inner.source_ip {
+            connector = connector.with_source_ip(ip);
+        }
+        let channel = endpoint.connect_with_connector_lazy(MarkedConnector(connector));
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

@@ -63,6 +63,9 @@ pub struct RaftNodeConfig {
     pub write_timeout: Duration,
     /// Limits of membership operations.
     pub admin_timeouts: AdminTimeouts,
+    /// The address connections to peers leave from (the node's listen address when it is a
+    /// specific one); `None` lets the kernel choose.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl RaftNodeConfig {
@@ -83,6 +86,7 @@ impl RaftNodeConfig {
             retention_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             admin_timeouts: AdminTimeouts::default(),
+            source_ip: None,
         }
     }
 
@@ -201,7 +205,7 @@ impl RaftNode {
         let state_machine = blocking(move || StateMachine::open(sm_stable)).await?;
 
         let node_id = config.node_id;
-        let channels = PeerChannels::new(tls);
+        let channels = PeerChannels::new(tls, config.source_ip);
         let network = Network::new(node_id, channels.clone());
         let raft = Raft::new(
             node_id,

@@ -615,3 +615,33 @@ fn endpoints_need_a_host_and_port() {
     assert!(endpoint("https://host:8400/path").is_err());
     assert!(endpoint("").is_err());
 }
+
+#[tokio::test]
+async fn a_connector_with_a_source_ip_dials_from_it() {
+    let pki = TestPki::new().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = tokio::spawn(async move { listener.accept().await.map(|(_, peer)| peer) });
+    let source: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    let connector = TlsConnector::new(client_config(&client_files(&pki, "alice")).unwrap())
+        .with_source_ip(source);
+    let uri: http::Uri = format!("https://127.0.0.1:{port}").parse().unwrap();
+    // Nothing speaks TLS there: the handshake fails once the connection is accepted, which is
+    // all this test needs to see where it came from.
+    let dial = tokio::spawn(async move { connector.connect(&uri).await.map(|_| ()) });
+    let peer = accepted.await.unwrap().unwrap();
+    assert_eq!(peer.ip(), source);
+    dial.abort();
+
+    // A source of the other family cannot reach the host: a clear error, nothing dialed.
+    let connector = TlsConnector::new(client_config(&client_files(&pki, "alice")).unwrap())
+        .with_source_ip("::1".parse().unwrap());
+    let uri: http::Uri = format!("https://127.0.0.1:{port}").parse().unwrap();
+    let error = connector.connect(&uri).await.expect_err("no IPv6 address");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::AddrNotAvailable,
+        "{error}"
+    );
+    assert!(error.to_string().contains("same family"), "{error}");
+}

@@ -166,7 +166,10 @@ impl Cluster {
 
     /// Channels that dial nodes presenting `name`'s certificate.
     pub fn channels_as(&self, name: &str) -> PeerChannels {
-        PeerChannels::new(ReloadingTlsFiles::load(self.tls_files(name)).expect("client TLS"))
+        PeerChannels::new(
+            ReloadingTlsFiles::load(self.tls_files(name)).expect("client TLS"),
+            None,
+        )
     }
 
     /// Starts node `id` (new, or again on its old address and data) without joining it.
