@@ -44,7 +44,8 @@ pub struct NodeArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// Address the gRPC server (client, peer and admin APIs; mutual TLS) listens on.
+    /// Address the gRPC server (client, peer and admin APIs; mutual TLS) listens on. When it is
+    /// a specific IP (not 0.0.0.0 / ::), connections to peers leave from that IP too.
     #[arg(long, env = "LOGCLUSTER_LISTEN_ADDR", default_value = "0.0.0.0:8400")]
     pub listen_addr: SocketAddr,
 
