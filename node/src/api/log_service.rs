@@ -248,9 +248,11 @@ impl Log for LogService {
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         self.access.check(&request, action::CONSUME)?;
         let from = request.get_ref().offset;
+        // 0: follow the tail forever, whatever `from` is (even u64::MAX: an offset past the end
+        // is waited for, as proglog's ConsumeStream does).
         let end = match request.get_ref().end_offset {
-            0 => u64::MAX,
-            end => end,
+            0 => None,
+            end => Some(end),
         };
         let fields = rpc_fields(&request);
         fields.set_offset(from);
@@ -488,8 +490,8 @@ struct TailFollower {
     log: Arc<dyn CommitLog>,
     committed: watch::Receiver<u64>,
     next: u64,
-    /// The stream ends (OK) on reaching this offset.
-    end: u64,
+    /// The stream ends (OK) on reaching this offset; `None` follows the tail forever.
+    end: Option<u64>,
     limits: LogServiceLimits,
     metrics: Option<Metrics>,
     fields: RpcFields,
@@ -498,7 +500,7 @@ struct TailFollower {
 impl TailFollower {
     async fn run(mut self, tx: mpsc::Sender<Result<ConsumeResponse, Status>>) {
         loop {
-            if self.next >= self.end {
+            if self.end.is_some_and(|end| self.next >= end) {
                 return; // the requested range is complete
             }
             let watermark = *self.committed.borrow_and_update();
@@ -519,7 +521,7 @@ impl TailFollower {
                     }
                 };
                 for entry in entries {
-                    if entry.index >= self.end {
+                    if self.end.is_some_and(|end| entry.index >= end) {
                         return;
                     }
                     if entry.index != self.next {

@@ -273,6 +273,41 @@ async fn consume_stream_with_an_end_offset_stops_there() {
     assert_eq!(got, offsets[1..4].to_vec());
 }
 
+/// Every offset past the end is followed the same way — waited for, as proglog's ConsumeStream
+/// does — up to and including u64::MAX (which once ended the stream at once with OK while
+/// 2^63-1 was followed). Only an explicit `end_offset` ends a stream.
+#[tokio::test]
+async fn consume_stream_past_the_end_follows_the_tail_for_every_offset() {
+    let node = TestNode::start().await;
+    let mut client = node.client_as("root").await;
+    let last = produce(&mut client, "only").await;
+    for from in [last + 1000, (1u64 << 63) - 1, u64::MAX - 1, u64::MAX] {
+        let mut stream = client
+            .consume_stream(consume(from))
+            .await
+            .expect("stream")
+            .into_inner();
+        produce(&mut client, "after").await;
+        // NB: a stream that stays open can only be watched for a while; one that ends (the
+        // old behaviour at u64::MAX) ends within milliseconds.
+        let waited = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+        assert!(
+            waited.is_err(),
+            "ConsumeStream({from}) did not keep following: {waited:?}"
+        );
+    }
+    // An empty range ends at once, with OK.
+    let mut empty = client
+        .consume_stream(ConsumeRequest {
+            offset: u64::MAX,
+            end_offset: u64::MAX,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    assert!(empty.message().await.expect("OK").is_none());
+}
+
 #[tokio::test]
 async fn out_of_range_reads_carry_the_valid_range_in_error_details() {
     let node = TestNode::start().await;
