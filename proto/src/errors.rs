@@ -29,6 +29,10 @@ pub mod reason {
     pub const STORAGE: &str = "STORAGE";
     /// `UNAVAILABLE`: the node is shutting down.
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// `UNAVAILABLE`: the offset is committed in the cluster but this node (a follower) has not
+    /// applied it yet; another node, or this one a moment later, serves it. Metadata: `offset`,
+    /// `next_offset` (this node's applied end), `committed_offset` (the cluster's, as known here).
+    pub const NOT_YET_REPLICATED: &str = "NOT_YET_REPLICATED";
 }
 
 /// `ErrorInfo.metadata` keys.
@@ -36,6 +40,7 @@ pub mod meta {
     pub const OFFSET: &str = "offset";
     pub const FIRST_OFFSET: &str = "first_offset";
     pub const NEXT_OFFSET: &str = "next_offset";
+    pub const COMMITTED_OFFSET: &str = "committed_offset";
     pub const SIZE: &str = "size";
     pub const MAX: &str = "max";
     pub const LEADER_ID: &str = "leader_id";

@@ -40,6 +40,22 @@ impl From<CommitLogError> for Status {
                 ]),
                 message,
             ),
+            CommitLogError::NotYetReplicated {
+                offset,
+                applied,
+                committed,
+            } => refusal(
+                // Not OUT_OF_RANGE: the record exists; proglog clients would take that for the
+                // end of the log.
+                Code::Unavailable,
+                reason::NOT_YET_REPLICATED,
+                kv([
+                    (meta::OFFSET, offset.to_string()),
+                    (meta::NEXT_OFFSET, applied.to_string()),
+                    (meta::COMMITTED_OFFSET, committed.to_string()),
+                ]),
+                message,
+            ),
             CommitLogError::InvalidArgument(_) => invalid_argument(message),
             CommitLogError::NotLeader {
                 leader_id,

@@ -64,6 +64,16 @@ pub enum CommitLogError {
     OutcomeUnknown(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A follower asked for an offset the cluster has committed (up to `committed`) but that it
+    /// has applied only up to `applied`, and it did not catch up within the read's patience.
+    #[error(
+        "offset {offset} is committed but not yet replicated to this node (applied up to {applied}, committed up to {committed}); retry here or read from another node"
+    )]
+    NotYetReplicated {
+        offset: u64,
+        applied: u64,
+        committed: u64,
+    },
 }
 
 /// What a storage failure means to a client: the offsets and sizes it asked about are kept, a

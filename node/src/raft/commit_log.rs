@@ -10,11 +10,16 @@
 //!   records surely were not appended (no leader connection could be made, or the leader
 //!   refused them as not-leader), `OutcomeUnknown` when the leader may have appended them (the
 //!   call failed or timed out after it was sent), `NoLeader` during elections.
-//! * **read** returns only entries below the applied watermark, on every node.
+//! * **read** returns only entries below the applied watermark, on every node. An offset that
+//!   is committed but not yet applied here — this node acknowledged it (a forwarded produce),
+//!   or the leader said the cluster committed it — is waited for, up to [`CATCH_UP_PATIENCE`],
+//!   so a client reads its own writes through any node; past the patience the answer is
+//!   `NotYetReplicated` (`UNAVAILABLE`), never the `OUT_OF_RANGE` that means "past the end".
 //! * **servers** lists every member (voters and learners) from openraft's metrics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -26,11 +31,15 @@ use tokio::sync::watch;
 use tonic_types::StatusExt;
 
 use super::Raft;
+use super::metrics_watch;
 use super::network::{PeerChannels, is_connect_failure};
 use super::pb::proto;
 use super::types::{NodeId, Record, TypeConfig};
 use crate::commit_log::{CommitLog, CommitLogError, MemberRole, NewRecord, ServerInfo, read_below};
 use crate::log::{Entry, Log};
+
+/// How long a read of a committed offset waits for this node to apply it.
+pub const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The client API's log on a Raft node.
 pub struct RaftCommitLog {
@@ -41,6 +50,8 @@ pub struct RaftCommitLog {
     servers: watch::Receiver<Arc<Vec<ServerInfo>>>,
     channels: PeerChannels,
     write_timeout: Duration,
+    /// The end of the offsets this node has acknowledged to clients (committed, by definition).
+    acknowledged: AtomicU64,
 }
 
 impl std::fmt::Debug for RaftCommitLog {
@@ -71,7 +82,25 @@ impl RaftCommitLog {
             servers,
             channels,
             write_timeout,
+            acknowledged: AtomicU64::new(0),
         }
+    }
+
+    /// Records offsets acknowledged to a client.
+    fn acknowledge(&self, offsets: &[u64]) {
+        if let Some(last) = offsets.iter().max() {
+            self.acknowledged.fetch_max(last + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The end of what this node knows to be committed: what it acknowledged, or what the
+    /// leader last reported as committed by a quorum.
+    fn known_committed_end(&self) -> u64 {
+        // Only reads at or past the applied end get here: the copy of the metrics is rare.
+        let cluster = metrics_watch::current(&self.raft)
+            .cluster_committed
+            .map_or(0, |id| id.index + 1);
+        cluster.max(self.acknowledged.load(Ordering::Relaxed))
     }
 
     /// Appends through this node's Raft, never forwarding: the leader answers with offsets, a
@@ -265,14 +294,16 @@ fn now_ms() -> u64 {
 impl CommitLog for RaftCommitLog {
     async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<u64>, CommitLogError> {
         self.check_sizes(&records)?;
-        match self.append_local(records.clone()).await {
+        let offsets = match self.append_local(records.clone()).await {
             Err(CommitLogError::NotLeader {
                 leader_id: Some(leader_id),
                 leader_addr: Some(addr),
                 not_applied: true,
             }) => self.forward(leader_id, addr, records).await,
             other => other,
-        }
+        }?;
+        self.acknowledge(&offsets);
+        Ok(offsets)
     }
 
     async fn read(
@@ -281,7 +312,29 @@ impl CommitLog for RaftCommitLog {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, CommitLogError> {
-        let applied = *self.applied.borrow();
+        let mut applied = *self.applied.borrow();
+        if from >= applied {
+            let committed = self.known_committed_end();
+            if from < committed {
+                let mut watch = self.applied.clone();
+                let caught_up = tokio::time::timeout(
+                    CATCH_UP_PATIENCE,
+                    watch.wait_for(|applied| *applied > from),
+                )
+                .await;
+                applied = match caught_up {
+                    Ok(Ok(now)) => *now,
+                    Ok(Err(_)) => return Err(CommitLogError::ShuttingDown),
+                    Err(_) => {
+                        return Err(CommitLogError::NotYetReplicated {
+                            offset: from,
+                            applied: *self.applied.borrow(),
+                            committed,
+                        });
+                    }
+                };
+            }
+        }
         read_below(&self.log, applied, from, max_entries, max_bytes).await
     }
 

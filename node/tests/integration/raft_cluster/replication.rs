@@ -113,3 +113,25 @@ async fn after_the_leader_crashes_a_new_leader_is_elected_and_no_acknowledged_re
         );
     }
 }
+
+/// Read-your-write through a follower: a record the follower acknowledged (it forwarded the
+/// produce to the leader) is served by that follower right away — it waits to apply the
+/// offset rather than answer "past the end" (`OUT_OF_RANGE`), which it did whenever its apply
+/// lagged the leader's ack by a heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_acknowledged_through_a_follower_is_read_back_through_it_at_once() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let log = cluster.nodes[follower].commit_log();
+    for i in 0..50 {
+        let value = format!("ryw-{i}");
+        let offsets = produce(&cluster, follower, vec![value.clone()]).await;
+        let entries = log
+            .read(offsets[0], 1, 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("read {} right after its ack: {e}", offsets[0]));
+        assert_eq!(entries[0].index, offsets[0]);
+        assert_eq!(entries[0].payload, Bytes::from(value));
+    }
+}
