@@ -56,7 +56,7 @@ use rustls::{
     SignatureScheme,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Endpoint, Uri};
 
@@ -552,6 +552,24 @@ pub struct TlsIncoming {
     connections: mpsc::Receiver<TlsConnection>,
     accept_task: JoinHandle<()>,
     local_addr: Option<SocketAddr>,
+    /// Resolves (with an error) once the accept task has closed the listening socket.
+    released: Option<oneshot::Receiver<()>>,
+}
+
+/// The listening socket of the accept task, and the signal sent once it is closed. Aborting a
+/// task drops it some time later, on the runtime's schedule: a node started again on the same
+/// address must wait for that, or its bind fails with "address in use" (seen under load).
+struct Listening {
+    listener: Option<TcpListener>,
+    released: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        // The socket first, then the signal.
+        drop(self.listener.take());
+        drop(self.released.take());
+    }
 }
 
 impl fmt::Debug for TlsIncoming {
@@ -597,20 +615,43 @@ pub fn tls_incoming(
 ) -> TlsIncoming {
     let local_addr = listener.local_addr().ok();
     let (tx, rx) = mpsc::channel(64);
-    let accept_task = tokio::spawn(accept_loop(listener, config, handshake_timeout, tx));
+    let (released_tx, released_rx) = oneshot::channel();
+    let listening = Listening {
+        listener: Some(listener),
+        released: Some(released_tx),
+    };
+    let accept_task = tokio::spawn(accept_loop(listening, config, handshake_timeout, tx));
     TlsIncoming {
         connections: rx,
         accept_task,
         local_addr,
+        released: Some(released_rx),
+    }
+}
+
+impl TlsIncoming {
+    /// A future that completes once the listening socket is closed (after this stream is
+    /// dropped, e.g. when the server using it stops): then the address can be bound again.
+    /// Only the first call gets a future that waits; later ones complete at once.
+    pub fn released(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let released = self.released.take();
+        async move {
+            if let Some(released) = released {
+                let _ = released.await;
+            }
+        }
     }
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listening: Listening,
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
     tx: mpsc::Sender<TlsConnection>,
 ) {
+    let Some(listener) = listening.listener.as_ref() else {
+        return;
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {

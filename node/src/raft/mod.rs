@@ -53,6 +53,7 @@ mod admin_error;
 mod blocking;
 pub mod cluster_admin;
 pub mod commit_log;
+mod connect_backoff;
 pub mod entry_codec;
 pub mod error;
 pub mod gossip_admin;

@@ -41,6 +41,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Uri};
 
+use super::connect_backoff::ConnectBackoff;
 use super::pb::{self, FromPb, ToPb, proto};
 use super::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
 use super::unanswered::{Answer, Unanswered, next_answer};
@@ -216,6 +217,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             channels: self.channels.clone(),
+            backoff: Arc::default(),
         }
     }
 }
@@ -226,6 +228,8 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     channels: PeerChannels,
+    /// Shared with the response stream of each replication session.
+    backoff: Arc<ConnectBackoff>,
 }
 
 impl PeerClient {
@@ -386,29 +390,47 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
                 sending.sent();
                 req.to_pb()
             });
-            let responses = self
+            let opened = self
                 .call(
                     RPCTypes::AppendEntries,
                     &option,
                     client.stream_append(requests),
                 )
-                .await?;
+                .await;
+            let responses = match opened {
+                Ok(responses) => responses,
+                Err(error) => {
+                    if matches!(error, RPCError::Unreachable(_)) {
+                        self.backoff.after_failure().await;
+                    }
+                    return Err(error);
+                }
+            };
+            let backoff = Arc::clone(&self.backoff);
             // A response is due for every request sent; if the follower stops answering for
             // this long, the stream is broken (keepalive would also notice a dead connection).
             let item_timeout = (option.hard_ttl() * 20).max(rpc_deadline(&option));
             let (id, target) = (self.id, self.target);
-            let stream =
-                futures::stream::unfold(Some((responses, unanswered)), move |state| async move {
+            let stream = futures::stream::unfold(Some((responses, unanswered)), move |state| {
+                let backoff = Arc::clone(&backoff);
+                async move {
                     let (mut responses, unanswered) = state?;
                     match next_answer(&mut responses, &unanswered, item_timeout).await {
                         Answer::Message(resp) => {
+                            backoff.reset();
                             let result =
                                 pb::stream_append_result_from_pb(resp).map_err(convert_error);
                             let keep = result.is_ok();
                             Some((result, keep.then_some((responses, unanswered))))
                         }
                         Answer::End => None,
-                        Answer::Failed(status) => Some((Err(status_error(&status)), None)),
+                        Answer::Failed(status) => {
+                            let error = status_error(&status);
+                            if matches!(error, RPCError::Unreachable(_)) {
+                                backoff.after_failure().await;
+                            }
+                            Some((Err(error), None))
+                        }
                         Answer::Overdue => Some((
                             Err(RPCError::Timeout(Timeout {
                                 action: RPCTypes::AppendEntries,
@@ -419,7 +441,8 @@ impl NetStreamAppend<TypeConfig> for PeerClient {
                             None,
                         )),
                     }
-                });
+                }
+            });
             let stream: BoxStream<'s, _> = Box::pin(stream);
             Ok(stream)
         })

@@ -68,8 +68,17 @@ pub struct TestNode {
     /// The node's Prometheus registry (what `/metrics` would serve).
     pub prometheus: Metrics,
     /// Stops the server; the `Closing` first ends the streams peers keep open.
-    server: Option<(oneshot::Sender<()>, Closing, JoinHandle<()>)>,
+    server: Option<ServerHandles>,
 }
+
+/// What stops a test node's server: the shutdown signal, the closing of its streams, the
+/// server task, and the release of its listening socket.
+type ServerHandles = (
+    oneshot::Sender<()>,
+    Closing,
+    JoinHandle<()>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+);
 
 impl TestNode {
     pub fn raft(&self) -> &RaftNode {
@@ -89,10 +98,12 @@ impl TestNode {
     }
 
     async fn stop_server(&mut self) {
-        if let Some((stop, closing, task)) = self.server.take() {
+        if let Some((stop, closing, task, released)) = self.server.take() {
             closing.cancel();
             let _ = stop.send(());
             let _ = task.await;
+            // The node may be started again on this address: wait until it is free.
+            released.await;
         }
     }
 }
@@ -197,11 +208,12 @@ impl Cluster {
         let node = RaftNode::start(config, tls.clone(), prometheus.clone())
             .await
             .expect("raft node starts");
-        let incoming = tls_incoming(
+        let mut incoming = tls_incoming(
             listener,
             tls.server_config().expect("server config"),
             Duration::from_secs(5),
         );
+        let released = Box::pin(incoming.released());
         let (stop, stopped) = oneshot::channel::<()>();
         let closing = Closing::new();
         // Replication streams are large: a follower's receive windows must not throttle them
@@ -232,7 +244,7 @@ impl Cluster {
             addr,
             node: Some(node),
             prometheus,
-            server: Some((stop, closing, task)),
+            server: Some((stop, closing, task, released)),
         };
         match existing {
             Some(i) => {
