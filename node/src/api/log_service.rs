@@ -133,9 +133,11 @@ const SKIP_READ_BYTES: usize = 64 << 10;
 /// entries.
 async fn first_data_record(log: &dyn CommitLog, offset: u64) -> Result<Entry, Status> {
     let mut from = offset;
+    // Almost every offset holds data: read just it first, and runs of internal entries after.
+    let mut batch = 1;
     loop {
         let entries = log
-            .read(from, 256, SKIP_READ_BYTES)
+            .read(from, batch, SKIP_READ_BYTES)
             .await
             .map_err(|e| match e {
                 // Reported for the offset asked for, not for where the skipping got to.
@@ -163,6 +165,7 @@ async fn first_data_record(log: &dyn CommitLog, offset: u64) -> Result<Entry, St
             }
         }
         from = last + 1;
+        batch = 256;
     }
 }
 

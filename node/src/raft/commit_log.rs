@@ -26,12 +26,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use logcluster_api::errors::{meta, reason};
 use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::errors::{ClientWriteError, Fatal, ForwardToLeader};
 use tokio::sync::watch;
 use tonic_types::StatusExt;
 
 use super::Raft;
-use super::metrics_watch;
 use super::network::{PeerChannels, is_connect_failure};
 use super::pb::proto;
 use super::types::{NodeId, Record, TypeConfig};
@@ -96,8 +96,11 @@ impl RaftCommitLog {
     /// The end of what this node knows to be committed: what it acknowledged, or what the
     /// leader last reported as committed by a quorum.
     fn known_committed_end(&self) -> u64 {
-        // Only reads at or past the applied end get here: the copy of the metrics is rare.
-        let cluster = metrics_watch::current(&self.raft)
+        // Reads at the tail (a proglog client polling Consume) get here: borrow, do not copy.
+        let cluster = self
+            .raft
+            .metrics()
+            .borrow_watched()
             .cluster_committed
             .map_or(0, |id| id.index + 1);
         cluster.max(self.acknowledged.load(Ordering::Relaxed))
